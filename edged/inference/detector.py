@@ -1,0 +1,262 @@
+"""A detector: one ONNX model, its family, labels and input size, behind ``detect(image)``."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+import yaml
+
+from edged.errors import ModelError
+from edged.inference.families import Family, detect_family, get_family, FAMILIES
+from edged.inference.nms import nms
+from edged.inference.preprocess import Letterbox
+from edged.inference.session import SessionConfig, create_session, short_name
+
+log = logging.getLogger("edged.inference")
+
+DEFAULT_INPUT_SIZE = 640
+_INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class Detection:
+    label: str
+    class_id: int
+    score: float
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, 4),
+                "box": [round(v, 1) for v in self.box]}
+
+
+@dataclass
+class DetectionResult:
+    detections: list[Detection]
+    width: int
+    height: int
+    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference, postprocess
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``edged model info`` prints: read from the file, no session needed."""
+
+    path: Path
+    size_bytes: int
+    opset: int
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    metadata: dict[str, str]
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelError(f"{path}: not an ONNX model ({exc})") from exc
+    if not model.graph.output:
+        raise ModelError(f"{path}: not an ONNX model (no graph outputs)")
+    initializers = {i.name for i in model.graph.initializer}
+
+    def describe(value: onnx.ValueInfoProto) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param or d.dim_value if (d.dim_param or d.HasField("dim_value")) else "?" for d in tensor.shape.dim]
+        return {"name": value.name, "shape": dims, "type": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
+
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    return ModelInfo(path=path, size_bytes=path.stat().st_size, opset=opset,
+                     inputs=[describe(i) for i in model.graph.input if i.name not in initializers],
+                     outputs=[describe(o) for o in model.graph.output],
+                     metadata={p.key: p.value for p in model.metadata_props})
+
+
+def parse_names(value: str) -> list[str] | None:
+    """Ultralytics' ``names`` metadata: a Python dict literal ``{0: 'person', ...}`` (or a list)."""
+    try:
+        names = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return None
+    if isinstance(names, dict):
+        return [str(names[i]) for i in sorted(names)]
+    if isinstance(names, (list, tuple)):
+        return [str(n) for n in names]
+    return None
+
+
+def load_labels(labels: Sequence[str] | str | Path) -> list[str]:
+    """``model.labels``: a list, or a file (one label per line, or a YAML/JSON list or id->name map)."""
+    if not isinstance(labels, (str, Path)):
+        return [str(label) for label in labels]
+    path = Path(labels)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read labels file ({exc.strerror})") from exc
+    if path.suffix in (".yaml", ".yml", ".json"):
+        data = yaml.safe_load(text)
+        data = data.get("names", data) if isinstance(data, dict) and "names" in data else data
+        if isinstance(data, dict):
+            return [str(data[k]) for k in sorted(data)]
+        if isinstance(data, list):
+            return [str(v) for v in data]
+        raise ModelError(f"{path}: labels file must hold a list or an id-to-name map")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class Detector:
+    """Loads the model on the best provider, decodes its family, and detects.
+
+    ``detect`` is safe to call from one thread at a time per detector; ONNX Runtime
+    itself releases the GIL while it runs.
+    """
+
+    def __init__(self, model_path: str | Path, session_config: SessionConfig | None = None, *,
+                 providers: Sequence[str] | None = None, family: str = "auto",
+                 labels: Sequence[str] | str | Path | None = None, input_size: int | Sequence[int] | None = None,
+                 confidence: float = 0.4, iou: float = 0.5, classes: Sequence[str] | None = None,
+                 max_detections: int = 300):
+        self.path = Path(model_path)
+        if session_config is None:
+            session_config = SessionConfig(providers=tuple(providers or ("tensorrt", "cuda", "xnnpack", "cpu")))
+        self.session_config = session_config
+        self.info = read_model_info(self.path)
+        self.session = create_session(self.path, session_config)
+        self.providers = [short_name(p) for p in self.session.get_providers()]
+        self.confidence, self.iou, self.max_detections = confidence, iou, max_detections
+
+        model_input = self.session.get_inputs()[0]
+        self.input_name = model_input.name
+        if model_input.type not in _INPUT_TYPES:
+            raise ModelError(f"{self.path}: input {model_input.name} is {model_input.type}; "
+                             f"edged feeds images as float32 or float16")
+        self.input_dtype = _INPUT_TYPES[model_input.type]
+        self.input_size = self._resolve_input_size(model_input.shape, input_size)
+        self.output_name = self.session.get_outputs()[0].name
+
+        names = parse_names(self.info.metadata.get("names", ""))
+        self.labels: list[str] | None = load_labels(labels) if labels is not None else names
+        self.family = self._resolve_family(family)
+        if self.labels is None:
+            count = self.family.num_classes(self._output_shape)
+            self.labels = [str(i) for i in range(count)] if count else []
+        self.class_filter = self._class_ids(classes) if classes else None
+        log.info("model %s: family %s, input %dx%d %s, %d labels, providers %s", self.path.name, self.family.name,
+                 self.input_size[1], self.input_size[0], np.dtype(self.input_dtype).name, len(self.labels),
+                 ", ".join(self.providers))
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    @property
+    def provider(self) -> str:
+        return self.providers[0]
+
+    @property
+    def precision(self) -> str:
+        return self.session_config.precision
+
+    def _resolve_input_size(self, shape: list[Any], wanted: int | Sequence[int] | None) -> tuple[int, int]:
+        if len(shape) != 4:
+            raise ModelError(f"{self.path}: input has shape {shape}; expected an image batch [1, 3, H, W]")
+        static = tuple(shape[2:]) if all(isinstance(d, int) and d > 0 for d in shape[2:]) else None
+        if wanted is not None:
+            size = (wanted, wanted) if isinstance(wanted, int) else (int(wanted[0]), int(wanted[1]))
+            if static and size != static:
+                raise ModelError(f"{self.path}: input size {size[1]}x{size[0]} asked for, but the model's input is "
+                                 f"fixed at {static[1]}x{static[0]}")
+            return size
+        if static:
+            return static  # type: ignore[return-value]
+        imgsz = self.info.metadata.get("imgsz")
+        if imgsz:
+            try:
+                value = ast.literal_eval(imgsz)
+                return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+            except (ValueError, SyntaxError, TypeError, IndexError):
+                log.warning("model %s: unreadable imgsz metadata %r", self.path.name, imgsz)
+        return DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE
+
+    def _resolve_family(self, wanted: str) -> Family:
+        """Warm up once (first inference is slow: allocations, kernel selection) and read the output layout."""
+        blank = np.full((1, 3, *self.input_size), 114 / 255, dtype=self.input_dtype)
+        started = time.perf_counter()
+        output = self._run(blank)
+        log.info("model %s: warm-up inference %.1f ms", self.path.name, (time.perf_counter() - started) * 1000)
+        self._output_shape = tuple(output.shape)
+        num_classes = len(self.labels) if self.labels is not None else None
+        if wanted != "auto":
+            family = get_family(wanted)
+            if not family.matches(self._output_shape, None):
+                raise ModelError(f"{self.path}: output {self.output_name} has shape {list(self._output_shape)}, "
+                                 f"which is not the {family.name} layout {family.layout}")
+        else:
+            family = detect_family(self._output_shape, num_classes, self.info.metadata.get("family"))
+            if family is None and num_classes is not None:
+                family = detect_family(self._output_shape, None, self.info.metadata.get("family"))
+                if family is not None:
+                    raise ModelError(f"{self.path}: output shape {list(self._output_shape)} fits {family.name} with "
+                                     f"{family.num_classes(self._output_shape)} classes, but {num_classes} labels are given")
+            if family is None:
+                layouts = ", ".join(f"{f.name} {f.layout}" for f in FAMILIES.values())
+                raise ModelError(f"{self.path}: cannot decode output {self.output_name} of shape "
+                                 f"{list(self._output_shape)}; known layouts: {layouts}")
+        expected = family.num_classes(self._output_shape)
+        if expected is not None and self.labels is not None and len(self.labels) != expected:
+            raise ModelError(f"{self.path}: the {family.name} output has {expected} classes but {len(self.labels)} "
+                             f"labels are given")
+        return family
+
+    def _class_ids(self, classes: Sequence[str]) -> np.ndarray:
+        assert self.labels is not None
+        unknown = [c for c in classes if c not in self.labels]
+        if unknown:
+            raise ModelError(f"model.classes: {unknown} not among the model's labels {self.labels}")
+        return np.array([self.labels.index(c) for c in classes], dtype=np.int64)
+
+    def _run(self, blob: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: blob})[0]
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, Letterbox]:
+        return self.family.preprocess(image, self.input_size, self.input_dtype)
+
+    def infer(self, blob: np.ndarray) -> np.ndarray:
+        return self._run(blob)
+
+    def postprocess(self, output: np.ndarray, transform: Letterbox) -> list[Detection]:
+        candidates = self.family.decode(output.astype(np.float32, copy=False), self.confidence)
+        boxes, scores, class_ids = candidates.boxes, candidates.scores, candidates.class_ids
+        if self.class_filter is not None:
+            keep = np.isin(class_ids, self.class_filter)
+            boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+        if self.family.needs_nms:
+            keep = nms(boxes, scores, class_ids, self.iou, self.max_detections)
+        else:
+            keep = np.argsort(-scores, kind="stable")[: self.max_detections]
+        boxes = transform.to_source(boxes[keep])
+        labels = self.labels or []
+        return [Detection(labels[c] if 0 <= c < len(labels) else str(c), int(c), float(s), tuple(float(v) for v in b))
+                for b, s, c in zip(boxes, scores[keep], class_ids[keep])]
+
+    def detect(self, image: np.ndarray) -> DetectionResult:
+        """Detect in one BGR uint8 image, timing each stage."""
+        t0 = time.perf_counter()
+        blob, transform = self.preprocess(image)
+        t1 = time.perf_counter()
+        output = self.infer(blob)
+        t2 = time.perf_counter()
+        detections = self.postprocess(output, transform)
+        t3 = time.perf_counter()
+        return DetectionResult(detections, image.shape[1], image.shape[0], {
+            "preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000})
