@@ -122,9 +122,9 @@ def create_session(model_path: str | Path, config: SessionConfig) -> ort.Inferen
     path = Path(model_path)
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
-    if config.tensorrt_cache_dir and "tensorrt" in config.providers:
-        _ensure_dir(config.tensorrt_cache_dir)
     chain = provider_chain(config)
+    if config.tensorrt_cache_dir and any(name == PROVIDERS["tensorrt"] for name, _ in chain):
+        _ensure_dir(config.tensorrt_cache_dir)  # only where TensorRT is in this build: no stray dirs or warnings
     while True:
         names = [name for name, _ in chain]
         options = session_options(config, uses_xnnpack=PROVIDERS["xnnpack"] in names)

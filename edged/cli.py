@@ -1,0 +1,163 @@
+"""The ``edged`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from edged import __version__
+from edged.demo import demo_model_path
+from edged.errors import EdgedError, ModelError
+from edged.inference.detector import Detector, read_model_info
+from edged.inference.session import PROVIDERS, SessionConfig
+from edged.logs import setup_logging
+
+log = logging.getLogger("edged.cli")
+
+EXIT_ERROR = 1
+
+
+def _input_size(text: str) -> int | tuple[int, int]:
+    """``416`` or ``480x640`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or HxW") from None
+    if len(values) not in (1, 2) or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N or HxW")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the bundled demo detector)")
+    parser.add_argument("--conf", type=float, default=0.4, help="confidence threshold (default 0.4)")
+    parser.add_argument("--iou", type=float, default=0.5, help="NMS IoU threshold (default 0.5)")
+    parser.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS),
+                        metavar="PROVIDER", help=f"preference order among {', '.join(PROVIDERS)} (default: all)")
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (0: automatic)")
+    parser.add_argument("--family", default="auto", help="auto, yolov5, yolov8 or yolov10 (default auto)")
+    parser.add_argument("--labels", default=None, help="labels file, when the model's metadata has none")
+    parser.add_argument("--input-size", type=_input_size, default=None, help="N or HxW, for dynamic-shape models")
+    parser.add_argument("--classes", nargs="+", default=None, metavar="LABEL", help="only report these labels")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -v/-q work before or after the command; SUPPRESS keeps a subcommand from resetting them.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                        help="more log output (-vv: debug)")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="warnings and errors only")
+    parser = argparse.ArgumentParser(prog="edged", description="Object detection on edge devices, over MQTT.",
+                                     parents=[common])
+    parser.add_argument("--version", action="version", version=f"edged {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    detect = commands.add_parser("detect", parents=[common], help="detect in an image, a folder of images, a video or a camera",
+                                 description="One JSON line per frame on stdout (or --out), with the fields of the "
+                                             "MQTT detections message.")
+    detect.add_argument("source", help="image, folder of images, video file, camera index or /dev/videoN, URL")
+    _add_model_options(detect)
+    detect.add_argument("--out", type=Path, default=None, help="write the JSON lines to this file")
+    detect.add_argument("--save-video", type=Path, default=None, help="write an annotated copy (mp4)")
+    detect.add_argument("--format", choices=("json", "summary"), default="json",
+                        help="stdout format: json lines (default) or a readable summary line per frame")
+    detect.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    detect.add_argument("--stream", default=None, help="stream name in the messages (default: from the source)")
+    detect.add_argument("--device-id", default=None, help="device_id in the messages (default: the hostname)")
+    detect.set_defaults(handler=cmd_detect)
+
+    model = commands.add_parser("model", parents=[common], help="model tools").add_subparsers(dest="model_command", required=True,
+                                                                              metavar="COMMAND")
+    info = model.add_parser("info", parents=[common], help="inputs, outputs, family, labels, opset and size of a model")
+    info.add_argument("model", type=Path)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(handler=cmd_model_info)
+    return parser
+
+
+def make_detector(args: argparse.Namespace, providers: Sequence[str] | None = None) -> Detector:
+    config = SessionConfig(providers=tuple(providers or args.providers), threads=args.threads)
+    return Detector(args.model or demo_model_path(), config, family=args.family, labels=args.labels,
+                    input_size=args.input_size, confidence=args.conf, iou=args.iou, classes=args.classes)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from edged.messages import default_device_id
+    from edged.pipeline import Pipeline
+    from edged.sinks import AnnotatedVideoSink, JsonLinesSink, SummarySink
+    from edged.sources import open_source, source_name
+
+    source = open_source(args.source)
+    detector = make_detector(args)
+    out_file = args.out.open("w") if args.out else None
+    sinks = []
+    if out_file:
+        sinks.append(JsonLinesSink(out_file))
+    if args.format == "summary":
+        sinks.append(SummarySink(sys.stdout))
+    elif not out_file:
+        sinks.append(JsonLinesSink(sys.stdout))
+    if args.save_video:
+        sinks.append(AnnotatedVideoSink(args.save_video, source.fps))
+    pipeline = Pipeline(detector, args.stream or source_name(args.source), sinks,
+                        args.device_id or default_device_id())
+    try:
+        with source:
+            pipeline.run(source, max_frames=args.max_frames)
+    finally:
+        if out_file:
+            out_file.close()
+    return 0
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    info = read_model_info(args.model)
+    family, labels, problem = None, None, None
+    try:
+        detector = Detector(args.model, SessionConfig(providers=("cpu",)))
+        family, labels = detector.family.name, detector.labels
+    except ModelError as exc:
+        problem = str(exc)
+    report = {
+        "path": str(info.path), "size_bytes": info.size_bytes, "opset": info.opset,
+        "inputs": info.inputs, "outputs": info.outputs, "family": family, "labels": labels,
+        "metadata": info.metadata,
+    }
+    if problem:
+        report["problem"] = problem
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"model:    {info.path}  ({info.size_bytes / 1e6:.2f} MB, opset {info.opset})")
+        for kind in ("inputs", "outputs"):
+            for value in report[kind]:
+                print(f"{kind[:-1] + ':':9} {value['name']}  {value['type']}  {value['shape']}")
+        print(f"family:   {family or 'unknown'}")
+        if labels is not None:
+            print(f"labels:   {len(labels)}: {', '.join(labels[:20])}{' ...' if len(labels) > 20 else ''}")
+        for key in ("description", "imgsz", "stride", "task"):
+            if key in info.metadata:
+                print(f"{key + ':':9} {info.metadata[key]}")
+        if problem:
+            print(f"problem:  {problem}")
+    return 0 if problem is None else EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
+    try:
+        return args.handler(args)
+    except EdgedError as exc:
+        print(f"edged: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `edged detect ... | head`
+        return 0

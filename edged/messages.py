@@ -1,0 +1,51 @@
+"""The JSON messages edged publishes (contract: DESIGN.md 1.3); each carries schema, device_id, ts."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+from edged.inference.detector import DetectionResult, Detector
+from edged.sources import Frame
+
+DETECTIONS_SCHEMA = "edged.detections/1"
+
+
+def default_device_id() -> str:
+    return socket.gethostname()
+
+
+def model_descriptor(detector: Detector) -> dict[str, Any]:
+    """The ``model`` field: what produced the detections. ``input_size`` is [height, width]."""
+    return {"name": detector.name, "precision": detector.precision, "provider": detector.provider,
+            "input_size": list(detector.input_size)}
+
+
+def detections_message(device_id: str, stream: str, seq: int, frame: Frame, result: DetectionResult,
+                       model: dict[str, Any]) -> dict[str, Any]:
+    """A detections message; ``latency_ms.total`` is capture to publish, queueing included."""
+    ts_publish = time.time()
+    timings = result.timings_ms
+    message: dict[str, Any] = {
+        "schema": DETECTIONS_SCHEMA,
+        "device_id": device_id,
+        "ts": ts_publish,
+        "stream": stream,
+        "seq": seq,
+        "frame_id": frame.frame_id,
+        "ts_capture": frame.ts_capture,
+        "ts_publish": ts_publish,
+        "latency_ms": {
+            "preprocess": round(timings["preprocess"], 3),
+            "inference": round(timings["inference"], 3),
+            "postprocess": round(timings["postprocess"], 3),
+            "total": round((ts_publish - frame.ts_capture) * 1000, 3),
+        },
+        "model": model,
+        "image": {"width": result.width, "height": result.height},
+        "detections": [d.to_json() for d in result.detections],
+    }
+    if frame.file is not None:
+        message["file"] = frame.file
+    return message

@@ -1,0 +1,167 @@
+"""Frame sources: image files, image folders, video files, cameras, URLs and GStreamer pipelines.
+
+Every source yields ``Frame``s numbered from 0 in the order they were read, stamped with
+the wall-clock time (Unix seconds) at which the read returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from edged.errors import SourceError
+
+log = logging.getLogger("edged.sources")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+@dataclass
+class Frame:
+    frame_id: int
+    image: np.ndarray  # BGR uint8
+    ts_capture: float  # Unix seconds, taken when the read returned
+    file: str | None = None  # the image file, for image sources
+
+
+def source_kind(spec: str) -> str:
+    """``camera``, ``url``, ``gstreamer``, ``images`` (a folder), ``image`` or ``video``."""
+    if spec.isdigit() or spec.startswith("/dev/video"):
+        return "camera"
+    if _URL.match(spec):
+        return "url"
+    if "!" in spec and "appsink" in spec:
+        return "gstreamer"
+    path = Path(spec)
+    if path.is_dir():
+        return "images"
+    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
+
+
+def has_gstreamer() -> bool:
+    return any(line.strip().startswith("GStreamer:") and "YES" in line
+               for line in cv2.getBuildInformation().splitlines())
+
+
+class FrameSource:
+    """Iterate to read frames; ``close()`` releases the device or file."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+        self.kind = source_kind(spec)
+
+    @property
+    def fps(self) -> float | None:
+        return None
+
+    def __iter__(self) -> Iterator[Frame]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "FrameSource":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ImageSource(FrameSource):
+    """One image file, or every image in a folder in name order."""
+
+    def __init__(self, spec: str):
+        super().__init__(spec)
+        path = Path(spec)
+        if self.kind == "images":
+            self.paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not self.paths:
+                raise SourceError(f"{path}: no images in this folder ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        elif not path.is_file():
+            raise SourceError(f"{path}: image file not found")
+        else:
+            self.paths = [path]
+
+    def __iter__(self) -> Iterator[Frame]:
+        for frame_id, path in enumerate(self.paths):
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            stamp = time.time()
+            if image is None:
+                if self.kind == "image":
+                    raise SourceError(f"{path}: not an image OpenCV can decode")
+                log.warning("source %s: skipped %s: not an image OpenCV can decode", self.spec, path.name)
+                continue
+            yield Frame(frame_id, image, stamp, file=path.name)
+
+
+class CaptureSource(FrameSource):
+    """Anything ``cv2.VideoCapture`` opens: video files, cameras, URLs, GStreamer pipelines."""
+
+    def __init__(self, spec: str):
+        super().__init__(spec)
+        if self.kind == "video" and not Path(spec).is_file():
+            raise SourceError(f"{spec}: video file not found")
+        if self.kind == "gstreamer" and not has_gstreamer():
+            raise SourceError(
+                f"{spec}: this OpenCV build has no GStreamer (the PyPI opencv-python wheels lack it); use the "
+                "system OpenCV: JetPack's, or Debian's python3-opencv in a venv made with --system-site-packages")
+        self.capture = self._open()
+        if not self.capture.isOpened():
+            what = {"video": "not a video OpenCV can decode", "camera": "cannot open the camera",
+                    "url": "cannot open the stream", "gstreamer": "cannot start the pipeline"}[self.kind]
+            raise SourceError(f"{spec}: {what}")
+
+    def _open(self) -> cv2.VideoCapture:
+        if self.kind == "camera":
+            device = int(self.spec) if self.spec.isdigit() else self.spec
+            return cv2.VideoCapture(device, cv2.CAP_V4L2) if isinstance(device, str) else cv2.VideoCapture(device)
+        if self.kind == "gstreamer":
+            return cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
+        return cv2.VideoCapture(self.spec)
+
+    @property
+    def fps(self) -> float | None:
+        fps = self.capture.get(cv2.CAP_PROP_FPS)
+        return fps if fps and fps > 0 else None
+
+    def __iter__(self) -> Iterator[Frame]:
+        frame_id = 0
+        while True:
+            ok, image = self.capture.read()
+            stamp = time.time()
+            if not ok:
+                if frame_id == 0:
+                    raise SourceError(f"{self.spec}: no frame could be read")
+                return
+            yield Frame(frame_id, image, stamp)
+            frame_id += 1
+
+    def close(self) -> None:
+        self.capture.release()
+
+
+def open_source(spec: str | int) -> FrameSource:
+    """Open a source from its config or command-line spelling; raises SourceError naming it."""
+    spec = str(spec)
+    return ImageSource(spec) if source_kind(spec) in ("image", "images") else CaptureSource(spec)
+
+
+def source_name(spec: str | int) -> str:
+    """A short stream name for a source: the file or folder stem, ``camera0``, or the URL host."""
+    spec = str(spec)
+    kind = source_kind(spec)
+    if kind == "camera":
+        return "camera" + re.sub(r"\D", "", spec)
+    if kind == "url":
+        return re.sub(r"[^A-Za-z0-9_-]+", "_", spec.split("://", 1)[1].split("/", 1)[0]).strip("_") or "stream"
+    if kind == "gstreamer":
+        return "gstreamer"
+    return Path(spec.rstrip("/")).stem or "stream"
