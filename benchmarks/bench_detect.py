@@ -72,8 +72,8 @@ def pipeline_run(detector: Detector, video: Path) -> tuple[float, list[dict]]:
     return stats.fps, messages
 
 
-def bench_model(model: Path, video: Path, threads: int, repeats: int, bar: tqdm) -> dict:
-    detector = Detector(model, SessionConfig(providers=("cpu",), threads=threads))
+def bench_model(model: Path, video: Path, providers: list[str], threads: int, repeats: int, bar: tqdm) -> dict:
+    detector = Detector(model, SessionConfig(providers=tuple(providers), threads=threads))
     frames, decode_ms = decode_all(video)
     blobs = [detector.preprocess(image)[0] for image in frames]
     bare, piped, stages = [], [], {"preprocess": [], "inference": [], "postprocess": []}
@@ -87,7 +87,7 @@ def bench_model(model: Path, video: Path, threads: int, repeats: int, bar: tqdm)
         bar.update()
     bare_fps, pipe_fps = statistics.median(bare), statistics.median(piped)
     return {
-        "model": model.name, "frames": len(frames), "threads": threads, "repeats": repeats,
+        "model": model.name, "provider": detector.provider, "frames": len(frames), "threads": threads, "repeats": repeats,
         "input_size": list(detector.input_size),
         "bare_fps": round(bare_fps, 2), "pipeline_fps": round(pipe_fps, 2), "ratio": round(pipe_fps / bare_fps, 3),
         "stage_ms_median": {"decode": round(decode_ms, 2),
@@ -101,6 +101,7 @@ def main() -> int:
                         help="ONNX models (default: the demo detector, and YOLOv8n from shared/ when present)")
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--providers", nargs="+", default=["cpu"], help="provider preference (default: cpu)")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: ONNX Runtime's default)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -108,12 +109,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         video = write_clip(Path(tmp) / "bench.mp4", seed=99, frames=args.frames)
         with tqdm(total=2 * args.repeats * len(models), desc="benchmark", unit="run", disable=None) as bar:
-            results = [bench_model(m, video, args.threads, args.repeats, bar) for m in models]
-    print(f"\n{'model':28} {'input':>9} {'bare fps':>9} {'edged fps':>9} {'ratio':>6}   "
+            results = [bench_model(m, video, args.providers, args.threads, args.repeats, bar) for m in models]
+    print(f"\n{'model':28} {'provider':>8} {'input':>9} {'bare fps':>9} {'edged fps':>9} {'ratio':>6}   "
           f"{'decode':>6} {'pre':>6} {'infer':>6} {'post':>6}  (ms, median)")
     for r in results:
         s = r["stage_ms_median"]
-        print(f"{r['model']:28} {'x'.join(map(str, r['input_size'])):>9} {r['bare_fps']:9.1f} {r['pipeline_fps']:9.1f} "
+        print(f"{r['model']:28} {r['provider']:>8} {'x'.join(map(str, r['input_size'])):>9} {r['bare_fps']:9.1f} {r['pipeline_fps']:9.1f} "
               f"{r['ratio']:6.3f}   {s['decode']:6.2f} {s['preprocess']:6.2f} {s['inference']:6.2f} {s['postprocess']:6.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -9,4 +9,7 @@ DEMO_MODEL = "shapes-yolov8.onnx"
 
 
 def demo_model_path() -> Path:
-    return Path(str(resources.files("edged.models").joinpath(DEMO_MODEL)))
+    try:
+        return Path(str(resources.files("edged.models").joinpath(DEMO_MODEL)))
+    except ModuleNotFoundError:  # a source checkout on PYTHONPATH, not installed
+        return Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL

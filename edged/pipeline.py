@@ -10,7 +10,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -22,8 +22,8 @@ from edged.sources import Frame
 
 log = logging.getLogger("edged.pipeline")
 
-PREFETCH_DEPTH = 4  # frames decoded and preprocessed ahead of inference
-_END = object()
+STAGE_DEPTH = 4  # items a stage may run ahead of the next one
+T = TypeVar("T")
 
 
 @dataclass
@@ -38,11 +38,66 @@ class PipelineStats:
 
 
 @dataclass
-class Prepared:
+class InFlight:
+    """A frame between stages: ``tensor`` is the model input until inference, then its output."""
+
     frame: Frame
-    blob: np.ndarray
     transform: Letterbox
-    preprocess_ms: float
+    tensor: np.ndarray
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+_END = object()
+
+
+def in_background(items: Iterable[T], name: str, depth: int = STAGE_DEPTH) -> Iterator[T]:
+    """Iterate ``items`` in a helper thread, up to ``depth`` items ahead of the consumer.
+
+    Exceptions raised while producing reach the consumer; closing the returned iterator
+    stops the helper and closes ``items``. Stages chain: each runs in its own thread,
+    which pays off because OpenCV and ONNX Runtime release the GIL.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed over; the consumer raises it
+            put(_Failure(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+            put(_END)
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    try:
+        while (item := handoff.get()) is not _END:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        worker.join(timeout=5)  # a blocked camera read must not hold up the exit
 
 
 class Pipeline:
@@ -66,19 +121,22 @@ class Pipeline:
         return message
 
     def run(self, frames: Iterable[Frame], max_frames: int | None = None) -> PipelineStats:
-        """Every frame of ``frames``, in order. Decoding and preprocessing run in a helper thread,
-        a few frames ahead, so they overlap inference (OpenCV and ONNX Runtime release the GIL)."""
+        """Every frame of ``frames``, in order, through three overlapping stages:
+        decode + preprocess, then inference, each in a helper thread, then postprocess +
+        publish in the calling thread."""
         stats = PipelineStats()
         started = time.perf_counter()
+        if max_frames is not None:
+            frames = (frame for frame, _ in zip(frames, range(max_frames)))
+        prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}")
+        inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}")
         try:
-            for item in self._prepared(frames):
-                result = self.detector.detect_prepared(item.blob, item.transform, item.preprocess_ms)
-                message = self.publish(item.frame, result)
+            for item in inferred:
+                message = self.publish(item.frame, self._postprocess(item))
                 stats.frames += 1
                 stats.detections += len(message["detections"])
-                if max_frames is not None and stats.frames >= max_frames:
-                    break
         finally:
+            inferred.close()
             stats.seconds = time.perf_counter() - started
             for sink in self.sinks:
                 sink.close()
@@ -86,38 +144,20 @@ class Pipeline:
                  stats.fps)
         return stats
 
-    def _prepared(self, frames: Iterable[Frame]) -> Iterator[Prepared]:
-        handoff: queue.Queue[Any] = queue.Queue(maxsize=PREFETCH_DEPTH)
-        stop = threading.Event()
+    def _preprocess(self, frame: Frame) -> InFlight:
+        t0 = time.perf_counter()
+        blob, transform = self.detector.preprocess(frame.image)
+        return InFlight(frame, transform, blob, {"preprocess": (time.perf_counter() - t0) * 1000})
 
-        def put(item: Any) -> bool:
-            while not stop.is_set():
-                try:
-                    handoff.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+    def _infer(self, item: InFlight) -> InFlight:
+        t0 = time.perf_counter()
+        item.tensor = self.detector.infer(item.tensor)
+        item.timings_ms["inference"] = (time.perf_counter() - t0) * 1000
+        return item
 
-        def read() -> None:
-            try:
-                for frame in frames:
-                    t0 = time.perf_counter()
-                    blob, transform = self.detector.preprocess(frame.image)
-                    if not put(Prepared(frame, blob, transform, (time.perf_counter() - t0) * 1000)):
-                        return
-            except BaseException as exc:  # handed to the consuming thread, which raises it
-                put(exc)
-            finally:
-                put(_END)
-
-        reader = threading.Thread(target=read, name=f"prefetch-{self.stream}", daemon=True)
-        reader.start()
-        try:
-            while (item := handoff.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            reader.join(timeout=5)  # a blocked camera read must not hold up the exit
+    def _postprocess(self, item: InFlight) -> DetectionResult:
+        t0 = time.perf_counter()
+        detections = self.detector.postprocess(item.tensor, item.transform)
+        item.timings_ms["postprocess"] = (time.perf_counter() - t0) * 1000
+        return DetectionResult(detections, item.transform.source_width, item.transform.source_height,
+                               item.timings_ms)

@@ -251,16 +251,12 @@ class Detector:
 
     def detect(self, image: np.ndarray) -> DetectionResult:
         """Detect in one BGR uint8 image, timing each stage."""
-        started = time.perf_counter()
-        blob, transform = self.preprocess(image)
-        return self.detect_prepared(blob, transform, (time.perf_counter() - started) * 1000)
-
-    def detect_prepared(self, blob: np.ndarray, transform: Letterbox, preprocess_ms: float) -> DetectionResult:
-        """Inference and postprocessing of an image already preprocessed (possibly in another thread)."""
         t0 = time.perf_counter()
-        output = self.infer(blob)
+        blob, transform = self.preprocess(image)
         t1 = time.perf_counter()
-        detections = self.postprocess(output, transform)
+        output = self.infer(blob)
         t2 = time.perf_counter()
-        return DetectionResult(detections, transform.source_width, transform.source_height, {
-            "preprocess": preprocess_ms, "inference": (t1 - t0) * 1000, "postprocess": (t2 - t1) * 1000})
+        detections = self.postprocess(output, transform)
+        t3 = time.perf_counter()
+        return DetectionResult(detections, image.shape[1], image.shape[0], {
+            "preprocess": (t1 - t0) * 1000, "inference": (t2 - t1) * 1000, "postprocess": (t3 - t2) * 1000})
