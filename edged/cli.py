@@ -11,6 +11,7 @@ from typing import Sequence
 
 from edged import __version__
 from edged.demo import demo_model_path
+from edged.config import ConfigError
 from edged.errors import EdgedError, ModelError
 from edged.inference.detector import Detector, read_model_info
 from edged.inference.session import PROVIDERS, SessionConfig
@@ -19,6 +20,7 @@ from edged.logs import setup_logging
 log = logging.getLogger("edged.cli")
 
 EXIT_ERROR = 1
+EXIT_CONFIG = 2  # the contract's exit code for an invalid config
 
 
 def _input_size(text: str) -> int | tuple[int, int]:
@@ -72,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--device-id", default=None, help="device_id in the messages (default: the hostname)")
     detect.set_defaults(handler=cmd_detect)
 
+    run = commands.add_parser("run", parents=[common], help="the daemon",
+                              description="Run the daemon. Config from -c, else $EDGED_CONFIG, else "
+                                          "/etc/edged/edged.yaml, else the bundled demo config. SIGTERM/SIGINT stop "
+                                          "it cleanly (exit 0); SIGHUP reloads the config file.")
+    run.add_argument("-c", "--config", type=Path, default=None, help="config file (YAML)")
+    run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser("check-config", parents=[common], help="validate a config and print it",
+                                description="Validate, print the effective config; exit 0 if valid, 2 with every "
+                                            "error (file, key path, reason) if not.")
+    check.add_argument("-c", "--config", type=Path, default=None, help="config file (YAML)")
+    check.set_defaults(handler=cmd_check_config)
+
+    watch = commands.add_parser("watch", parents=[common], help="print a live summary of what devices publish")
+    watch.add_argument("--host", default="localhost")
+    watch.add_argument("--port", type=int, default=1883)
+    watch.add_argument("--prefix", default="edged", help="topic prefix (mqtt.topic_prefix)")
+    watch.add_argument("--device", default="+", help="one device id (default: all)")
+    watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    watch.set_defaults(handler=cmd_watch)
+
     model = commands.add_parser("model", parents=[common], help="model tools").add_subparsers(dest="model_command", required=True,
                                                                               metavar="COMMAND")
     info = model.add_parser("info", parents=[common], help="inputs, outputs, family, labels, opset and size of a model")
@@ -116,6 +139,40 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(path_arg: Path | None):  # -> (Config, Path | None)
+    from edged.config import config_path, load_config
+
+    path = config_path(path_arg)
+    if path is None:
+        from edged.daemon import demo_config
+
+        log.info("no config file (-c, $EDGED_CONFIG, /etc/edged/edged.yaml): using the bundled demo config")
+        return demo_config(), None
+    return load_config(path), path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edged.daemon import Daemon
+
+    config, path = _load(args.config)
+    return Daemon(config, path).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    config, path = _load(args.config)
+    print(f"# {path or 'bundled demo config'}: valid", file=sys.stderr)
+    print(yaml.safe_dump(config.effective(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from edged.watch import watch
+
+    return watch(args.host, args.port, args.prefix, args.device, args.duration)
+
+
 def cmd_model_info(args: argparse.Namespace) -> int:
     info = read_model_info(args.model)
     family, labels, problem = None, None, None
@@ -154,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
         return args.handler(args)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"edged: config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
     except EdgedError as exc:
         print(f"edged: error: {exc}", file=sys.stderr)
         return EXIT_ERROR

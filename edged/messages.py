@@ -49,3 +49,25 @@ def detections_message(device_id: str, stream: str, seq: int, frame: Frame, resu
     if frame.file is not None:
         message["file"] = frame.file
     return message
+
+
+EVENT_SCHEMA = "edged.event/1"
+HEALTH_SCHEMA = "edged.health/1"
+EVENT_KINDS = ("stream_up", "stream_down", "level_changed", "step_down", "step_up", "model_switched",
+               "config_applied", "config_rejected", "error")
+
+
+def event_message(device_id: str, kind: str, detail: str, stream: str | None = None, **fields: Any) -> dict[str, Any]:
+    """An event: ``kind``, a readable ``detail``, the stream it concerns, and the kind's own fields."""
+    if kind not in EVENT_KINDS:
+        raise ValueError(f"unknown event kind {kind!r}")
+    message: dict[str, Any] = {"schema": EVENT_SCHEMA, "device_id": device_id, "ts": time.time(), "kind": kind,
+                               "detail": detail}
+    if stream is not None:
+        message["stream"] = stream
+    message.update(fields)
+    return message
+
+
+def health_message(device_id: str, **fields: Any) -> dict[str, Any]:
+    return {"schema": HEALTH_SCHEMA, "device_id": device_id, "ts": time.time(), **fields}

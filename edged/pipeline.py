@@ -120,16 +120,16 @@ class Pipeline:
             sink.write(message, frame, result)
         return message
 
-    def run(self, frames: Iterable[Frame], max_frames: int | None = None) -> PipelineStats:
+    def run(self, frames: Iterable[Frame], max_frames: int | None = None, depth: int = STAGE_DEPTH) -> PipelineStats:
         """Every frame of ``frames``, in order, through three overlapping stages:
         decode + preprocess, then inference, each in a helper thread, then postprocess +
-        publish in the calling thread."""
+        publish in the calling thread. ``depth`` bounds the items between two stages."""
         stats = PipelineStats()
         started = time.perf_counter()
         if max_frames is not None:
             frames = (frame for frame, _ in zip(frames, range(max_frames)))
-        prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}")
-        inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}")
+        prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}", depth)
+        inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}", depth)
         try:
             for item in inferred:
                 message = self.publish(item.frame, self._postprocess(item))

@@ -22,6 +22,12 @@ log = logging.getLogger("edged.sources")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(spec: str) -> str:
+    """A source spelling fit for logs, events and errors: ``rtsp://user:pw@host`` -> ``rtsp://***@host``."""
+    return _CREDENTIALS.sub("***@", spec)
 
 
 @dataclass
@@ -117,7 +123,7 @@ class CaptureSource(FrameSource):
         if not self.capture.isOpened():
             what = {"video": "not a video OpenCV can decode", "camera": "cannot open the camera",
                     "url": "cannot open the stream", "gstreamer": "cannot start the pipeline"}[self.kind]
-            raise SourceError(f"{spec}: {what}")
+            raise SourceError(f"{redact(spec)}: {what}")
 
     def _open(self) -> cv2.VideoCapture:
         if self.kind == "camera":
@@ -139,7 +145,7 @@ class CaptureSource(FrameSource):
             stamp = time.time()
             if not ok:
                 if frame_id == 0:
-                    raise SourceError(f"{self.spec}: no frame could be read")
+                    raise SourceError(f"{redact(self.spec)}: no frame could be read")
                 return
             yield Frame(frame_id, image, stamp)
             frame_id += 1

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Creates ./.venv with edged and its test tools, installing the Debian packages it needs
-# (python3-venv) with apt when they are missing. Safe to run again: it only reinstalls
+# (python3-venv; mosquitto for the demo broker and the tests; openssl for the TLS tests;
+# systemd-analyze to verify the unit) with apt when they are missing. Safe to run again: it only reinstalls
 # when pyproject.toml has changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || packages+=(python3-venv)
+command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || packages+=(mosquitto)
+command -v openssl >/dev/null || packages+=(openssl)
+command -v systemd-analyze >/dev/null || packages+=(systemd)
 if [ ${#packages[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

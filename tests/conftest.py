@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edged.synthetic import write_clip
+from tests.broker import broker  # noqa: F401  (the fixture: a real Mosquitto on a free loopback port)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODEL = REPO / "models" / "shapes-yolov8.onnx"

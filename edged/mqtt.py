@@ -1,0 +1,386 @@
+"""MQTT (contract: DESIGN.md 1.3): paho-mqtt 2.x behind a small, thread-safe API. No other module sees paho.
+
+Every message goes through our own bounded outbox, and one sender thread hands them to paho in order,
+at most a small window of them unacknowledged. On every (re)connect, whatever paho still holds
+unacknowledged is taken back from it and sent again first, in the original order, after ``online`` and the
+retained state. So the outbox is the one source of truth: QoS 1 messages survive broker restarts and network
+outages (none lost within ``queue_limit``), and everything goes out in the order it was published.
+One client object lives as long as the daemon; paho reconnects it with backoff.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import ssl
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edged.config import ConfigError, MqttSettings, TlsSettings, password
+
+log = logging.getLogger("edged.mqtt")
+
+WINDOW = 20  # messages handed to paho and not yet acknowledged, at most (or the broker's Receive Maximum)
+SESSION_EXPIRY_S = 3600  # MQTT 5: how long the broker keeps our session (subscriptions, messages for us)
+RECONNECT_DELAY_S = (1, 30)  # paho's backoff between connection attempts: doubles from 1 s up to 30 s
+
+Payload = dict[str, Any] | str | bytes
+MessageCallback = Callable[[str, bytes, bool, dict[str, str]], None]  # topic, payload, retained, user properties
+
+
+@dataclass(slots=True)
+class _Message:
+    seq: int  # publish order; -1 for what a (re)connect sends first
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    droppable: bool
+
+
+def _encode(payload: Payload) -> bytes:
+    if isinstance(payload, dict):
+        return json.dumps(payload, separators=(",", ":")).encode()
+    return payload.encode() if isinstance(payload, str) else payload
+
+
+def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+    """The TLS context, or ConfigError naming the file that cannot be read or used."""
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        try:
+            if path is not None:
+                path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read mqtt.tls.{key}: {exc.strerror}"]) from None
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)  # None: the system's CAs
+    except ssl.SSLError as exc:
+        raise ConfigError([f"{tls.ca_file}: mqtt.tls.ca_file holds no usable CA certificate ({exc.reason})"]) from None
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except ssl.SSLError as exc:
+            raise ConfigError([f"{tls.cert_file}: mqtt.tls.cert_file and key_file ({tls.key_file}) are not a "
+                               f"usable certificate and key ({exc.reason})"]) from None
+    return context
+
+
+class MqttClient:
+    """One device's connection: ``start()``, ``publish()`` from any thread, ``stop()``."""
+
+    def __init__(self, settings: MqttSettings, device_id: str):
+        self.settings = settings
+        self.device_id = device_id
+        self._v5 = settings.protocol == "5"
+        self._where = f"{settings.host}:{settings.port} (MQTT {settings.protocol})"
+        self._status = self.topic("status")
+
+        self._cond = threading.Condition(threading.Lock())
+        # Everything below is guarded by _cond. Queued messages wait in two deques (so that the oldest
+        # droppable one can go first when full) and leave in publish order (seq); _inflight holds what paho has
+        # been handed and not yet acknowledged, by message id.
+        self._kept: deque[_Message] = deque()
+        self._droppable: deque[_Message] = deque()
+        self._inflight: dict[int, _Message] = {}
+        self._seq = itertools.count()
+        # paho's callbacks only post events (a method and its argument); the sender applies them after registering what it handed to paho,
+        # so an acknowledgement can never arrive before its message is known.
+        self._events: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self._retained: dict[str, bytes] = {}
+        self._subscriptions: dict[str, MessageCallback] = {}
+        self._up = False
+        self._window = WINDOW
+        self._ever_up = False
+        self._lost_at: float | None = None
+        self._dropped = 0
+        self._drop_logged = False
+        self._reconnects = 0
+        self._closing = False
+        self._sender: threading.Thread | None = None
+        # Touched by paho's network thread only: whether connected, and what was logged about failed attempts.
+        self._session = False
+        self._failure_logged = False
+        self._refused: str | None = None
+
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=device_id,
+                             protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
+                             clean_session=None if self._v5 else False)
+        client.will_set(self._status, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(*RECONNECT_DELAY_S)
+        client.max_inflight_messages_set(0)  # no limit in paho: the sender's window is the limit
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+
+    # -- topics -----------------------------------------------------------------------------------------------
+
+    def topic(self, suffix: str) -> str:
+        """``<prefix>/<device_id>/<suffix>``"""
+        return f"{self.settings.topic_prefix}/{self.device_id}/{suffix}"
+
+    def fleet_topic(self, suffix: str) -> str:
+        """``<prefix>/<suffix>``: topics shared by many devices (fleet and group config pushes)."""
+        return f"{self.settings.topic_prefix}/{suffix}"
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background; a broker that is down is retried, never an error here.
+
+        Raises ConfigError, naming the file, when the password or a TLS file cannot be read or used.
+        """
+        s = self.settings
+        secret = password(s)
+        if s.username is not None or secret is not None:
+            self._client.username_pw_set(s.username, secret)
+        if s.tls.ca_file is not None or s.tls.cert_file is not None:
+            self._client.tls_set_context(_tls_context(s.tls))
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY_S
+        # MQTT 5: a clean session when the daemon starts, the same session on every reconnect.
+        self._client.connect_async(s.host, s.port, s.keepalive_s, properties=properties)
+        self._client.loop_start()
+        self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        self._sender.start()
+
+    def stop(self, flush_timeout_s: float = 3.0) -> None:
+        """Send what is queued (for up to ``flush_timeout_s``), then ``offline``, then disconnect cleanly (no will)."""
+        if self._sender is None:
+            return
+        deadline = time.monotonic() + flush_timeout_s
+        with self._cond:
+            self._cond.wait_for(lambda: not self._up or not self._depth(), flush_timeout_s)
+            unsent = self._depth()
+            self._closing, self._up = True, False
+            self._cond.notify_all()
+        self._sender.join()
+        if unsent:
+            log.warning("stopping with %d messages not sent", unsent)
+        if self._client.is_connected():
+            info = self._client.publish(self._status, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(max(deadline - time.monotonic(), 0.5))
+            except RuntimeError:  # the connection went just now: the broker sends the will instead
+                pass
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.DISCONNECT)
+            properties.SessionExpiryInterval = 0  # a clean stop ends the session
+        self._client.disconnect(properties=properties)
+        self._client.loop_stop()
+        self._sender = None
+        log.info("disconnected from %s", self._where)
+
+    # -- publishing -------------------------------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: Payload, *, qos: int | None = None, retain: bool = False,
+                droppable: bool = False) -> None:
+        """Queue a message (a dict goes out as compact JSON); thread-safe, never blocks on the network.
+
+        While the outbox is full (``queue_limit``), the oldest droppable message (detections) makes room
+        first, else the oldest message; every drop is counted.
+        """
+        qos = self.settings.qos if qos is None else qos
+        if not topic or "+" in topic or "#" in topic or qos not in (0, 1, 2):
+            raise ValueError(f"cannot publish on topic {topic!r} with QoS {qos}")
+        data = _encode(payload)
+        with self._cond:
+            self._enqueue(topic, data, qos, retain, droppable)
+
+    def set_retained(self, topic: str, payload: Payload) -> None:
+        """Publish retained state (health, config state) and send it again on every reconnect.
+
+        While disconnected only the newest value is kept, and sent on reconnect.
+        """
+        data = _encode(payload)
+        with self._cond:
+            self._retained[topic] = data
+            if self._up:
+                self._enqueue(topic, data, self.settings.qos, True, False)
+
+    def subscribe(self, topic_filter: str, callback: MessageCallback) -> None:
+        """Call ``callback(topic, payload, retained, user_properties)`` for each message matching the filter.
+
+        Subscribed again on every reconnect. Callbacks run on the network thread: keep them short.
+        """
+        with self._cond:
+            self._subscriptions[topic_filter] = callback
+        if self._client.is_connected():  # else _on_connect subscribes
+            self._client.subscribe(topic_filter, self.settings.qos)
+
+    # -- state ------------------------------------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._up
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages not yet acknowledged: queued, or handed to paho and in flight."""
+        with self._cond:
+            return self._depth()
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def stats(self) -> dict[str, Any]:
+        """For the health message."""
+        with self._cond:
+            return {"connected": self._up, "queue_depth": self._depth(), "queue_limit": self.settings.queue_limit,
+                    "dropped": self._dropped, "reconnects": self._reconnects}
+
+    # -- the outbox (callers hold _cond) ----------------------------------------------------------------------
+
+    def _depth(self) -> int:
+        return len(self._kept) + len(self._droppable) + len(self._inflight)
+
+    def _enqueue(self, topic: str, data: bytes, qos: int, retain: bool, droppable: bool) -> None:
+        if self._depth() >= self.settings.queue_limit:
+            self._dropped += 1
+            if not self._drop_logged:
+                log.warning("outbox full (%d messages): dropping the oldest %s", self.settings.queue_limit,
+                            "detections" if self._droppable else "messages")
+                self._drop_logged = True
+            victims = self._droppable or self._kept
+            if not victims:  # everything held is in flight already: the new message is the one to go
+                return
+            victims.popleft()
+        (self._droppable if droppable else self._kept).append(
+            _Message(next(self._seq), topic, data, qos, retain, droppable))
+        self._cond.notify_all()
+
+    def _next(self) -> _Message:
+        kept, droppable = self._kept, self._droppable
+        return kept.popleft() if kept and (not droppable or kept[0].seq < droppable[0].seq) else droppable.popleft()
+
+    def _run(self) -> None:
+        """The sender thread: applies paho's events, hands queued messages to paho in order."""
+        with self._cond:
+            while True:
+                if self._events:
+                    while self._events:
+                        apply, value = self._events.popleft()
+                        apply(value)
+                    self._cond.notify_all()
+                if self._closing:
+                    return
+                room = self._window - len(self._inflight) if self._up else 0
+                batch = [self._next() for _ in range(min(room, len(self._kept) + len(self._droppable)))]
+                if not batch:
+                    self._cond.wait()
+                    continue
+                self._cond.release()  # never call paho holding _cond: paho's callbacks take it
+                try:
+                    handed = [(self._client.publish(m.topic, m.payload, m.qos, m.retain).mid, m) for m in batch]
+                finally:
+                    self._cond.acquire()
+                self._inflight.update(handed)
+
+    def _acked(self, ack: tuple[int, ReasonCode]) -> None:
+        mid, reason = ack
+        message = self._inflight.pop(mid, None)
+        if message is not None and reason.is_failure:
+            log.warning("broker refused a message on %s: %s", message.topic, reason)
+
+    def _connected(self, window: int) -> None:
+        # paho's unacknowledged messages were dropped in _on_connect: send them again first, in order.
+        for message in reversed(self._inflight.values()):
+            (self._droppable if message.droppable else self._kept).appendleft(message)
+        self._inflight.clear()
+        # Status and retained state go first, in their newest version; older queued copies are superseded.
+        renewed = {self._status: b"online", **self._retained}
+        self._kept = deque(m for m in self._kept if not (m.retain and m.topic in renewed))
+        self._droppable = deque(m for m in self._droppable if not (m.retain and m.topic in renewed))
+        queued = len(self._kept) + len(self._droppable)
+        self._kept.extendleft(_Message(-1, topic, data, 1 if topic == self._status else self.settings.qos, True, False)
+                              for topic, data in reversed(renewed.items()))
+        sending = f"; sending {queued} queued" if queued else ""
+        if self._ever_up:
+            self._reconnects += 1
+            down_s = time.monotonic() - self._lost_at if self._lost_at is not None else 0.0
+            log.info("reconnected to %s after %.1f s%s", self._where, down_s, sending)
+        else:
+            log.info("connected to %s%s", self._where, sending)
+        self._up, self._ever_up, self._window, self._drop_logged = True, True, window, False
+
+    def _disconnected(self, reason: str) -> None:
+        self._up, self._lost_at = False, time.monotonic()
+        log.warning("connection to %s lost (%s); queueing up to %d messages", self._where, reason,
+                    self.settings.queue_limit)
+
+    # -- paho callbacks (network thread) ----------------------------------------------------------------------
+
+    def _post(self, apply: Callable[[Any], None], value: Any) -> None:
+        with self._cond:
+            self._events.append((apply, value))
+            self._cond.notify_all()
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        if reason.is_failure:  # bad credentials, not authorised, ...: a configuration problem; paho retries
+            if str(reason) != self._refused:
+                log.error("broker %s refused the connection: %s", self._where, reason)
+            self._refused, self._failure_logged = str(reason), True
+            return
+        self._session, self._refused, self._failure_logged = True, None, False
+        client.drop_out_messages()  # the sender re-sends them from _inflight, in order, after status and state
+        with self._cond:
+            filters = list(self._subscriptions)
+        for topic_filter in filters:
+            client.subscribe(topic_filter, self.settings.qos)
+        self._post(self._connected, min(WINDOW, getattr(properties, "ReceiveMaximum", WINDOW)))
+
+    def _attempt_failed(self, reason: object) -> None:
+        """Once per outage at warning level (then at debug): a connection attempt failed; paho retries."""
+        if self._failure_logged:
+            log.debug("connecting to %s failed (%s)", self._where, reason)
+        else:
+            log.warning("cannot connect to broker %s (%s); queueing up to %d messages, retrying", self._where,
+                        reason, self.settings.queue_limit)
+            self._failure_logged = True
+
+    def _on_connect_fail(self, client: paho.Client, userdata: Any) -> None:
+        self._attempt_failed(sys.exc_info()[1] or "connection failed")  # paho calls this handling the OSError
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags, reason: ReasonCode,
+                       properties: Properties | None) -> None:
+        if self._session:  # the reconnect attempts that fail now are part of this outage: not logged again
+            self._session, self._failure_logged = False, True
+            cause = str(reason)
+            if cause == "Unspecified error" and not flags.is_disconnect_packet_from_server:
+                cause = "connection closed"  # what paho reports for a dropped socket
+            self._post(self._disconnected, cause)
+        else:  # dropped before the broker accepted us: a TLS handshake the broker rejected, ...
+            self._attempt_failed(reason)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
+                    properties: Properties | None) -> None:
+        self._post(self._acked, (mid, reason))
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        with self._cond:
+            callbacks = [cb for f, cb in self._subscriptions.items() if paho.topic_matches_sub(f, message.topic)]
+        user_properties = dict(getattr(message.properties, "UserProperty", []))
+        for callback in callbacks:
+            try:
+                callback(message.topic, message.payload, bool(message.retain), user_properties)
+            except Exception:
+                log.exception("handling a message on %s failed", message.topic)
