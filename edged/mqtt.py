@@ -5,7 +5,8 @@ at most a small window of them unacknowledged. On every (re)connect, whatever pa
 unacknowledged is taken back from it and sent again first, in the original order, after ``online`` and the
 retained state. So the outbox is the one source of truth: QoS 1 messages survive broker restarts and network
 outages (none lost within ``queue_limit``), and everything goes out in the order it was published.
-One client object lives as long as the daemon; paho reconnects it with backoff.
+One client object lives as long as the daemon; paho reconnects it with backoff. Needs paho-mqtt >= 2.2
+(``Client.drop_out_messages``).
 """
 
 from __future__ import annotations
@@ -80,12 +81,16 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
 class MqttClient:
     """One device's connection: ``start()``, ``publish()`` from any thread, ``stop()``."""
 
-    def __init__(self, settings: MqttSettings, device_id: str):
+    def __init__(self, settings: MqttSettings, device_id: str, *, announce: bool = True):
+        """``announce``: this client is the device (last will, ``online``/``offline`` on ``P/status``);
+        False for a plain observer such as ``edged watch``."""
         self.settings = settings
         self.device_id = device_id
+        self.announce = announce
         self._v5 = settings.protocol == "5"
         self._where = f"{settings.host}:{settings.port} (MQTT {settings.protocol})"
         self._status = self.topic("status")
+        self._subscribe_qos = max(settings.qos, 1)  # commands must reach us, even when sent while we were away
 
         self._cond = threading.Condition(threading.Lock())
         # Everything below is guarded by _cond. Queued messages wait in two deques (so that the oldest
@@ -95,8 +100,9 @@ class MqttClient:
         self._droppable: deque[_Message] = deque()
         self._inflight: dict[int, _Message] = {}
         self._seq = itertools.count()
-        # paho's callbacks only post events (a method and its argument); the sender applies them after registering what it handed to paho,
-        # so an acknowledgement can never arrive before its message is known.
+        self._handing = 0  # taken from the deques by the sender, not yet in _inflight
+        # paho's callbacks only post events (a method and its argument); the sender applies them after registering
+        # what it handed to paho, so an acknowledgement can never arrive before its message is known.
         self._events: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._retained: dict[str, bytes] = {}
         self._subscriptions: dict[str, MessageCallback] = {}
@@ -117,7 +123,8 @@ class MqttClient:
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=device_id,
                              protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
                              clean_session=None if self._v5 else False)
-        client.will_set(self._status, "offline", qos=1, retain=True)
+        if announce:
+            client.will_set(self._status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(*RECONNECT_DELAY_S)
         client.max_inflight_messages_set(0)  # no limit in paho: the sender's window is the limit
         client.on_connect = self._on_connect
@@ -173,7 +180,7 @@ class MqttClient:
         self._sender.join()
         if unsent:
             log.warning("stopping with %d messages not sent", unsent)
-        if self._client.is_connected():
+        if self.announce and self._client.is_connected():
             info = self._client.publish(self._status, "offline", qos=1, retain=True)
             try:
                 info.wait_for_publish(max(deadline - time.monotonic(), 0.5))
@@ -223,7 +230,7 @@ class MqttClient:
         with self._cond:
             self._subscriptions[topic_filter] = callback
         if self._client.is_connected():  # else _on_connect subscribes
-            self._client.subscribe(topic_filter, self.settings.qos)
+            self._client.subscribe(topic_filter, self._subscribe_qos)
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -250,7 +257,7 @@ class MqttClient:
     # -- the outbox (callers hold _cond) ----------------------------------------------------------------------
 
     def _depth(self) -> int:
-        return len(self._kept) + len(self._droppable) + len(self._inflight)
+        return len(self._kept) + len(self._droppable) + self._handing + len(self._inflight)
 
     def _enqueue(self, topic: str, data: bytes, qos: int, retain: bool, droppable: bool) -> None:
         if self._depth() >= self.settings.queue_limit:
@@ -287,11 +294,13 @@ class MqttClient:
                 if not batch:
                     self._cond.wait()
                     continue
+                self._handing = len(batch)
                 self._cond.release()  # never call paho holding _cond: paho's callbacks take it
                 try:
                     handed = [(self._client.publish(m.topic, m.payload, m.qos, m.retain).mid, m) for m in batch]
                 finally:
                     self._cond.acquire()
+                    self._handing = 0
                 self._inflight.update(handed)
 
     def _acked(self, ack: tuple[int, ReasonCode]) -> None:
@@ -306,12 +315,12 @@ class MqttClient:
             (self._droppable if message.droppable else self._kept).appendleft(message)
         self._inflight.clear()
         # Status and retained state go first, in their newest version; older queued copies are superseded.
-        renewed = {self._status: b"online", **self._retained}
+        renewed = {self._status: b"online", **self._retained} if self.announce else dict(self._retained)
         self._kept = deque(m for m in self._kept if not (m.retain and m.topic in renewed))
         self._droppable = deque(m for m in self._droppable if not (m.retain and m.topic in renewed))
         queued = len(self._kept) + len(self._droppable)
-        self._kept.extendleft(_Message(-1, topic, data, 1 if topic == self._status else self.settings.qos, True, False)
-                              for topic, data in reversed(renewed.items()))
+        self._kept.extendleft(_Message(-1, t, data, 1 if t == self._status else self.settings.qos, True, False)
+                              for t, data in reversed(renewed.items()))
         sending = f"; sending {queued} queued" if queued else ""
         if self._ever_up:
             self._reconnects += 1
@@ -345,7 +354,7 @@ class MqttClient:
         with self._cond:
             filters = list(self._subscriptions)
         for topic_filter in filters:
-            client.subscribe(topic_filter, self.settings.qos)
+            client.subscribe(topic_filter, self._subscribe_qos)
         self._post(self._connected, min(WINDOW, getattr(properties, "ReceiveMaximum", WINDOW)))
 
     def _attempt_failed(self, reason: object) -> None:
@@ -362,14 +371,14 @@ class MqttClient:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: paho.DisconnectFlags, reason: ReasonCode,
                        properties: Properties | None) -> None:
+        cause = str(reason)
+        if cause == "Unspecified error" and not flags.is_disconnect_packet_from_server:
+            cause = "connection closed"  # what paho reports for a dropped socket
         if self._session:  # the reconnect attempts that fail now are part of this outage: not logged again
             self._session, self._failure_logged = False, True
-            cause = str(reason)
-            if cause == "Unspecified error" and not flags.is_disconnect_packet_from_server:
-                cause = "connection closed"  # what paho reports for a dropped socket
             self._post(self._disconnected, cause)
-        else:  # dropped before the broker accepted us: a TLS handshake the broker rejected, ...
-            self._attempt_failed(reason)
+        else:  # e.g. the broker wanted a TLS client certificate
+            self._attempt_failed(f"{cause} before the broker accepted it")
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:

@@ -190,6 +190,7 @@ class Received:
     retained: bool
     qos: int
     user_properties: dict[str, str] = field(default_factory=dict)
+    received_at: float = field(default_factory=time.time)  # Unix seconds, for latency measurements
 
     @property
     def text(self) -> str:

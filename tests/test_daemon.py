@@ -93,8 +93,13 @@ def looping_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_detections_health_and_events_on_the_eval_clip(eval_clip: Clip, tmp_path: Path, broker: Broker) -> None:
     """Every frame of the clip arrives, schema-valid and accurate; status online, then offline on SIGTERM."""
+    zone = tmp_path / "sysfs" / "sys" / "class" / "thermal" / "thermal_zone0"  # a thermal sensor, faked
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("cpu-thermal\n")
+    (zone / "temp").write_text("47500\n")
     with Subscriber(broker, f"{P}/#").start() as sub:
-        daemon = Daemon(write_config(tmp_path, broker, [{"name": "eval", "source": str(eval_clip.video)}]))
+        daemon = Daemon(write_config(tmp_path, broker, [{"name": "eval", "source": str(eval_clip.video)}],
+                                     resources={"sysfs_root": str(tmp_path / "sysfs")}))
         try:
             sub.wait_for(lambda: len(detections(sub, "eval")) >= 600, timeout=120, what="600 detections")
             sub.wait_for(lambda: events(sub, "stream_down"), timeout=10, what="end of file")
@@ -113,6 +118,7 @@ def test_detections_health_and_events_on_the_eval_clip(eval_clip: Clip, tmp_path
     health = sub.messages(f"{P}/health")[-1].json()
     jsonschema.validate(health, SCHEMAS["health"])
     assert health["inference"]["provider"] == "cpu" and health["mqtt"]["dropped"] == 0
+    assert health["resources"]["temperatures_c"] == {"cpu-thermal": 47.5}
     for event in events(sub):
         jsonschema.validate(event, SCHEMAS["event"])
     assert [e["kind"] for e in events(sub) if e.get("stream") == "eval"][:2] == ["stream_up", "stream_down"]
@@ -271,3 +277,25 @@ def test_notify_protocol(tmp_path: Path, looping_clip: Path) -> None:
             daemon.kill()
     status = [m for m in received if m.startswith("STATUS=")]
     assert any("a up" in s for s in status), status
+
+
+def test_watch_prints_a_live_summary(tmp_path: Path, broker: Broker, looping_clip: Path) -> None:
+    statuses_seen = Subscriber(broker, "edged/+/status", client_id="status-watch").start()
+    daemon = Daemon(write_config(tmp_path, broker, [{"name": "a", "source": str(looping_clip), "loop": True}]))
+    try:
+        with Subscriber(broker, f"{P}/streams/a/detections").start() as sub:
+            sub.wait_for(lambda: sub.messages(), timeout=30, what="detections")
+        watch = subprocess.run([sys.executable, "-m", "edged", "watch", "--host", "127.0.0.1", "--port",
+                                str(broker.port), "--duration", "3"], cwd=REPO, capture_output=True, text=True,
+                               timeout=30)
+        assert watch.returncode == 0, watch.stderr
+        lines = watch.stdout.splitlines()
+        assert f"{DEVICE}: online (retained)" in lines
+        summaries = [line for line in lines if line.startswith(f"{DEVICE}/a ")]
+        assert len(summaries) >= 2 and "msg/s" in summaries[-1] and "detections" in summaries[-1]
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+        statuses_seen.stop()
+    # The watcher is an observer: only the device itself ever appears on a status topic.
+    assert {m.topic for m in statuses_seen.messages()} == {f"{P}/status"}
