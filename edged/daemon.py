@@ -26,6 +26,7 @@ log = logging.getLogger("edged.daemon")
 STALL_S = 10.0  # an 'up' stream that publishes nothing for this long is stalled: the watchdog stops
 LOOP_S = 0.25  # main loop tick
 FLUSH_S = 3.0  # how long shutdown waits for queued MQTT messages
+STATUS_EVERY_S = 5.0  # STATUS= at most this often, unless a stream's state changes
 EXTEND_EVERY_S = 10.0  # while a model loads (a TensorRT engine build takes minutes), ask systemd for more time
 EXTEND_BY_S = 30.0
 EXTEND_LIMIT_S = 20 * 60.0  # a build that hangs longer than this still fails the start
@@ -157,17 +158,18 @@ class Daemon:
             self.mqtt.stop(FLUSH_S)
             raise
         ready = False
-        status = ""
-        next_health = next_watchdog = time.monotonic()
+        states: list[str] = []
+        next_health = next_watchdog = next_status = time.monotonic()
         while not self._stop.wait(LOOP_S):
             now = time.monotonic()
             if not ready and all(r.settled.is_set() for r in self.runners):
                 ready = True
                 self.notifier.ready()
                 log.info("ready: %d stream(s) running", len(self.runners))
-            if ready and status != (line := self._status_line()):
-                status = line
-                self.notifier.status(line)
+            if ready and (now >= next_status or states != [r.reader.state for r in self.runners]):
+                states = [r.reader.state for r in self.runners]
+                self.notifier.status(self._status_line())
+                next_status = now + STATUS_EVERY_S
             if ready and now >= next_watchdog:
                 stalled = [r.name for r in self.runners if not r.progressing(now)]
                 if stalled:

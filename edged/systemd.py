@@ -76,7 +76,8 @@ class Notifier:
             if _daemon is not None:
                 _daemon.notify(state)
             else:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                # Non-blocking: a notify socket nobody reads must never stall the daemon.
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                     sock.sendto(state.encode(), self._address)
         except OSError as exc:
             if not self._failed:

@@ -74,6 +74,16 @@ def test_sends_every_state(notify_socket: socket.socket, monkeypatch: pytest.Mon
     ]
 
 
+@pytest.mark.skipif(HAS_SYSTEMD_PYTHON, reason="systemd-python sends through libsystemd")
+@pytest.mark.timeout(20)  # a blocking send hangs here
+def test_a_socket_nobody_reads_never_blocks(notify_socket: socket.socket) -> None:
+    """The kernel queue of an unread datagram socket fills up; sending must not block the daemon then."""
+    notifier = Notifier()
+    for i in range(5000):  # far more than a unix datagram queue holds
+        notifier.status(f"frame {i}")
+    assert _receive_all(notify_socket)[0] == "STATUS=frame 0"
+
+
 def test_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
     name = f"edged-test-{os.getpid()}"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
