@@ -16,7 +16,7 @@ from edged.inference.detector import DetectionResult, Detector
 from edged.inference.session import SessionConfig
 from edged.messages import event_message, health_message
 from edged.mqtt import MqttClient
-from edged.pipeline import STAGE_DEPTH, Pipeline
+from edged.pipeline import Pipeline
 from edged.sources import Frame
 from edged.streams import StreamReader
 from edged.systemd import Notifier
@@ -102,8 +102,8 @@ class StreamRunner:
     def _run(self) -> None:
         while not self._stopping:
             try:
-                # Live streams: one frame between stages, so no stale frame waits behind inference.
-                self.pipeline.run(self.reader.frames(), depth=1 if self.reader.realtime else STAGE_DEPTH)
+                # Live streams: the newest frame goes straight through, none waits between stages.
+                self.pipeline.run(self.reader.frames(), overlap=not self.reader.realtime)
                 return  # frames() ends when the reader stops, or at the end of a file
             except Exception:  # keep the stream alive: a bug in one frame must not end it
                 log.exception("stream %s: pipeline failed; restarting it", self.name)

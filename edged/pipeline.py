@@ -120,23 +120,34 @@ class Pipeline:
             sink.write(message, frame, result)
         return message
 
-    def run(self, frames: Iterable[Frame], max_frames: int | None = None, depth: int = STAGE_DEPTH) -> PipelineStats:
-        """Every frame of ``frames``, in order, through three overlapping stages:
-        decode + preprocess, then inference, each in a helper thread, then postprocess +
-        publish in the calling thread. ``depth`` bounds the items between two stages."""
+    def run(self, frames: Iterable[Frame], max_frames: int | None = None, overlap: bool = True) -> PipelineStats:
+        """Every frame of ``frames``, in order.
+
+        ``overlap``: three overlapping stages (decode + preprocess, then inference, each in a helper
+        thread, then postprocess + publish in the calling thread), for throughput on files. Without
+        it, each frame goes through in the calling thread: for live sources, whose newest frame is
+        taken only when inference is free for it, so no frame ages in a queue between stages.
+        """
         stats = PipelineStats()
         started = time.perf_counter()
         if max_frames is not None:
             frames = (frame for frame, _ in zip(frames, range(max_frames)))
-        prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}", depth)
-        inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}", depth)
+        if overlap:
+            prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}")
+            inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}")
+            results: Iterator[tuple[Frame, DetectionResult]] = (
+                (item.frame, self._postprocess(item)) for item in inferred)
+        else:
+            inferred = None
+            results = ((frame, self.detector.detect(frame.image)) for frame in frames)
         try:
-            for item in inferred:
-                message = self.publish(item.frame, self._postprocess(item))
+            for frame, result in results:
+                self.publish(frame, result)
                 stats.frames += 1
-                stats.detections += len(message["detections"])
+                stats.detections += len(result.detections)
         finally:
-            inferred.close()
+            if inferred is not None:
+                inferred.close()
             stats.seconds = time.perf_counter() - started
             for sink in self.sinks:
                 sink.close()

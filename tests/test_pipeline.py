@@ -76,9 +76,11 @@ def frames(count: int, fail_at: int | None = None) -> Iterator[Frame]:
         yield Frame(i, rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), time.time())
 
 
-def test_pipeline_runs_stages_in_order_with_max_frames() -> None:
+@pytest.mark.parametrize("overlap", [True, False])
+def test_pipeline_runs_stages_in_order_with_max_frames(overlap: bool) -> None:
     sink = Collect()
-    stats = Pipeline(Detector(DEMO_MODEL, providers=["cpu"]), "s", [sink], "dev").run(frames(50), max_frames=7)
+    stats = Pipeline(Detector(DEMO_MODEL, providers=["cpu"]), "s", [sink], "dev").run(frames(50), max_frames=7,
+                                                                                      overlap=overlap)
     assert stats.frames == 7 and sink.closed
     assert [m["frame_id"] for m in sink.messages] == list(range(7))
     assert [m["seq"] for m in sink.messages] == list(range(7))
@@ -87,8 +89,10 @@ def test_pipeline_runs_stages_in_order_with_max_frames() -> None:
         assert min(m["latency_ms"][k] for k in ("preprocess", "inference", "postprocess")) > 0
 
 
-def test_pipeline_reports_a_source_failure_after_publishing_what_came_before() -> None:
+@pytest.mark.parametrize("overlap", [True, False])
+def test_pipeline_reports_a_source_failure_after_publishing_what_came_before(overlap: bool) -> None:
     sink = Collect()
     with pytest.raises(SourceError, match="stream cut"):
-        Pipeline(Detector(DEMO_MODEL, providers=["cpu"]), "s", [sink], "dev").run(frames(10, fail_at=4))
+        Pipeline(Detector(DEMO_MODEL, providers=["cpu"]), "s", [sink], "dev").run(frames(10, fail_at=4),
+                                                                                  overlap=overlap)
     assert [m["frame_id"] for m in sink.messages] == [0, 1, 2, 3] and sink.closed
