@@ -40,28 +40,21 @@ from edged.inference.session import SessionConfig  # noqa: E402
 from edged.synthetic import write_clip  # noqa: E402
 from tests.broker import Broker, Subscriber  # noqa: E402
 
+from bench_detect import bare_loop, decode_all  # noqa: E402  (this folder is on sys.path when run as a script)
+
 DEVICE = "bench"
 YOLOV8N = REPO.parent / "shared" / "models" / "yolov8n-640-random.onnx"
 
 
 def bare_fps(model: Path, video: Path, threads: int) -> float:
-    import cv2
-
     detector = Detector(model, SessionConfig(providers=("cpu",), threads=threads))
-    capture = cv2.VideoCapture(str(video))
-    blobs = []
-    while (frame := capture.read())[0]:
-        blobs.append(detector.preprocess(frame[1])[0])
-    started = time.perf_counter()
-    for blob in blobs:
-        detector.session.run([detector.output_name], {detector.input_name: blob})
-    return len(blobs) / (time.perf_counter() - started)
+    return bare_loop(detector, [detector.preprocess(image)[0] for image in decode_all(video)[0]])
 
 
 class RunningDaemon:
     def __init__(self, folder: Path, broker: Broker, model: Path, stream: dict[str, Any], threads: int):
         config = {"device_id": DEVICE, "mqtt": broker.settings().model_dump(mode="json"),
-                  "model": {"path": str(model)}, "inference": {"providers": ["cpu"], "threads": threads},
+                  "model": {"path": str(model.resolve())}, "inference": {"providers": ["cpu"], "threads": threads},
                   "streams": [{"name": "s", **stream}], "remote_config": {"state_dir": str(folder / "state")}}
         path = folder / "bench.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -69,15 +62,22 @@ class RunningDaemon:
         self.notify.bind(str(folder / f"notify-{time.monotonic_ns()}"))
         self.started = time.monotonic()
         env = dict(os.environ, NOTIFY_SOCKET=self.notify.getsockname())
-        self.log = (folder / "daemon.log").open("a")
+        self.log_path = folder / "daemon.log"
+        self.log = self.log_path.open("a")
         self.process = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(path)], cwd=REPO,
                                         env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
     def ready_after_s(self, timeout: float = 60) -> float:
-        self.notify.settimeout(timeout)
-        while True:
-            if b"READY=1" in self.notify.recv(4096):
-                return time.monotonic() - self.started
+        self.notify.settimeout(0.5)
+        while time.monotonic() - self.started < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the daemon exited ({self.process.returncode}):\n{self.log_path.read_text()}")
+            try:
+                if b"READY=1" in self.notify.recv(4096):
+                    return time.monotonic() - self.started
+            except socket.timeout:
+                continue
+        raise RuntimeError(f"no READY=1 within {timeout} s:\n{self.log_path.read_text()}")
 
     def rss_mb(self) -> tuple[float, float]:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines())
