@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.demo import demo_clip_path, demo_model_path
@@ -65,7 +65,7 @@ class StreamRunner:
     """One stream: its capture thread, its pipeline thread, and the numbers health reports."""
 
     def __init__(self, settings: StreamSettings, detector: Detector, mqtt: MqttClient, device_id: str,
-                 on_state: Any):
+                 on_state: Callable[[str, str, str], None]):
         self.name = settings.name
         self.reader = StreamReader(settings.name, str(settings.source), realtime=settings.realtime,
                                    max_fps=settings.max_fps, loop=settings.loop, on_state=self._on_state)

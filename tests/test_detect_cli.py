@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import cv2
+import jsonschema
 import numpy as np
 import pytest
 
@@ -41,7 +42,9 @@ def test_messages_carry_the_contract_fields(short_clip: Clip) -> None:
     assert len(messages) == 20
     assert [m["seq"] for m in messages] == list(range(20))
     assert [m["frame_id"] for m in messages] == list(range(20))
+    schema = json.loads((DEMO_MODEL.parent.parent / "edged" / "schemas" / "detections.json").read_text())
     for m in messages:
+        jsonschema.validate(m, schema)
         assert CONTRACT_FIELDS <= m.keys()
         assert m["schema"] == "edged.detections/1" and m["device_id"] == "edge-test" and m["stream"] == "front"
         assert m["ts_capture"] <= m["ts_publish"] == m["ts"]
