@@ -14,7 +14,7 @@ from edged.demo import demo_model_path
 from edged.config import ConfigError
 from edged.errors import EdgedError, ModelError
 from edged.inference.detector import Detector, read_model_info
-from edged.inference.session import PROVIDERS, SessionConfig
+from edged.inference.session import PRECISIONS, PROVIDERS, SessionConfig
 from edged.logs import setup_logging
 
 log = logging.getLogger("edged.cli")
@@ -95,12 +95,73 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     watch.set_defaults(handler=cmd_watch)
 
+    prof = commands.add_parser("profile", parents=[common], help="ONNX Runtime per-operator profile of a model",
+                               description="Runs the model with ONNX Runtime profiling on, prints the operators that "
+                                           "take the most time with their providers, and keeps the Chrome trace.")
+    prof.add_argument("model", type=Path, help="ONNX model")
+    prof.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=list(PROVIDERS),
+                      metavar="PROVIDER", help=f"preference order among {', '.join(PROVIDERS)} (default: all)")
+    prof.add_argument("--threads", type=int, default=0, help="inference threads (0: automatic)")
+    prof.add_argument("--runs", type=int, default=20, help="profiled runs (default 20)")
+    prof.add_argument("--warmup", type=int, default=3, help="runs before those, left out of the tables (default 3)")
+    prof.add_argument("--input-size", type=_input_size, default=None, help="N or HxW, for dynamic-shape models")
+    prof.add_argument("--top", type=int, default=15, help="rows per table (default 15)")
+    prof.add_argument("--out", type=Path, default=Path("."), help="folder for the trace (default: the current one)")
+    prof.add_argument("--json", action="store_true", help="print the report as JSON")
+    prof.set_defaults(handler=cmd_profile)
+
     model = commands.add_parser("model", parents=[common], help="model tools").add_subparsers(dest="model_command", required=True,
                                                                               metavar="COMMAND")
     info = model.add_parser("info", parents=[common], help="inputs, outputs, family, labels, opset and size of a model")
     info.add_argument("model", type=Path)
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=cmd_model_info)
+
+    optimize = model.add_parser("optimize", parents=[common], help="write fp16 and int8 variants; compare them with fp32",
+                                description="Writes NAME.fp16.onnx and/or NAME.int8.onnx (static QDQ quantization "
+                                            "calibrated on --calib) with ONNX Runtime's tools, then reports their "
+                                            "agreement with the fp32 model on frames held back from calibration, "
+                                            "and their CPU latency.")
+    optimize.add_argument("model", type=Path, help="float32 ONNX detector")
+    optimize.add_argument("--fp16", action="store_true", help="write NAME.fp16.onnx")
+    optimize.add_argument("--int8", action="store_true", help="write NAME.int8.onnx (needs --calib)")
+    optimize.add_argument("--calib", default=None, metavar="SOURCE",
+                          help="video or folder of images: int8 calibration, and the frames to compare on")
+    optimize.add_argument("--calib-frames", type=int, default=None, metavar="N",
+                          help="frames read from SOURCE, every fifth held back for the comparison (default 200)")
+    optimize.add_argument("--gt", type=Path, default=None, metavar="CLIP.json",
+                          help="ground truth of the --calib clip: also report mAP@0.5")
+    optimize.add_argument("--out", type=Path, default=None, metavar="DIR", help="folder for the variants "
+                                                                             "(default: the model's)")
+    optimize.add_argument("--json", action="store_true", help="print the report as JSON")
+    optimize.set_defaults(handler=cmd_model_optimize)
+
+    prepare = model.add_parser("prepare", parents=[common], help="measure the variants this device runs; write the ladder",
+                               description="On the device: measure the variants the configured providers run "
+                                           "(precisions, input sizes) and write the ladder the daemon steps down "
+                                           "through to <remote_config.state_dir>/ladder.json. A fresh ladder is kept.")
+    prepare.add_argument("-c", "--config", type=Path, default=None, help="config file (YAML)")
+    prepare.add_argument("--force", action="store_true", help="measure again even if the ladder is fresh")
+    prepare.add_argument("--runs", type=int, default=50, help="timed runs per variant (default 50)")
+    prepare.add_argument("--warmup", type=int, default=5, help="untimed runs before those (default 5)")
+    prepare.set_defaults(handler=cmd_model_prepare)
+
+    bench = commands.add_parser("bench", parents=[common], help="latency and throughput per provider, precision, size",
+                                description="Latency p50/p90/p99, throughput and memory of each variant of a model "
+                                            "(provider x precision x input size), after warm-up.")
+    bench.add_argument("model", type=Path, nargs="?", default=None, help="ONNX model (default: the bundled demo)")
+    bench.add_argument("--providers", nargs="+", choices=list(PROVIDERS), default=None, metavar="PROVIDER",
+                       help="among tensorrt, cuda, xnnpack, cpu (default: those in this onnxruntime build)")
+    bench.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
+                       help="fp16 and int8 run NAME.fp16.onnx and NAME.int8.onnx, or TensorRT's flags (default: all)")
+    bench.add_argument("--sizes", nargs="+", type=_input_size, default=None, metavar="N|HxW",
+                       help="input sizes, for dynamic-shape models (default: the model's own)")
+    bench.add_argument("--runs", type=int, default=100, help="timed runs per variant (default 100)")
+    bench.add_argument("--warmup", type=int, default=10, help="untimed runs before those (default 10)")
+    bench.add_argument("--threads", type=int, default=0, help="inference threads (0: automatic)")
+    bench.add_argument("--json", action="store_true", help="print JSON")
+    bench.add_argument("--plot", type=Path, default=None, metavar="FILE", help="write a PNG bar chart (needs matplotlib)")
+    bench.set_defaults(handler=cmd_bench)
     return parser
 
 
@@ -173,6 +234,34 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return watch(args.host, args.port, args.prefix, args.device, args.duration)
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from edged.profile import profile
+
+    report = profile(args.model, providers=args.providers, threads=args.threads, runs=args.runs, warmup=args.warmup,
+                     input_size=args.input_size, out_dir=args.out)
+    print(json.dumps(report.to_json(args.top), indent=2) if args.json else report.format(args.top))
+    return 0
+
+
+def cmd_model_prepare(args: argparse.Namespace) -> int:
+    from edged.ladder import LadderSpec, prepare
+
+    config, _ = _load(args.config)
+    ladder, measured = prepare(LadderSpec.from_config(config), warmup=args.warmup, runs=args.runs, force=args.force)
+    print(ladder.report())
+    if not measured:
+        print("fresh: not measured again (--force measures again)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edged.bench import run_bench
+
+    return run_bench(args.model or demo_model_path(), providers=args.providers, precisions=args.precisions,
+                     sizes=args.sizes, runs=args.runs, warmup=args.warmup, threads=args.threads, as_json=args.json,
+                     plot_path=args.plot)
+
+
 def cmd_model_info(args: argparse.Namespace) -> int:
     info = read_model_info(args.model)
     family, labels, problem = None, None, None
@@ -204,6 +293,15 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         if problem:
             print(f"problem:  {problem}")
     return 0 if problem is None else EXIT_ERROR
+
+
+def cmd_model_optimize(args: argparse.Namespace) -> int:
+    from edged.optimize import format_report, optimize
+
+    report = optimize(args.model, fp16=args.fp16, int8=args.int8, calib=args.calib, frames=args.calib_frames,
+                      ground_truth=args.gt, out_dir=args.out)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

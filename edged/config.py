@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edged.errors import EdgedError
-from edged.inference.session import PROVIDERS
+from edged.inference.session import PROVIDERS, SessionConfig
 
 DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.yaml")
 CONFIG_ENV = "EDGED_CONFIG"
@@ -177,6 +177,13 @@ class Config(Section):
         """
         return self.model_dump(mode="json")
 
+    def session_config(self) -> SessionConfig:
+        """What the session factory needs: ``inference.*`` and ``model.precision``."""
+        inference = self.inference
+        return SessionConfig(providers=tuple(inference.providers), threads=inference.threads,
+                             precision=self.model.precision, tensorrt_cache_dir=inference.tensorrt.cache_dir,
+                             tensorrt_workspace_mb=inference.tensorrt.workspace_mb)
+
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
     path = ""
@@ -229,6 +236,8 @@ def resolve_paths(config: Config, base_dir: Path) -> None:
     for key in ("ca_file", "cert_file", "key_file"):
         setattr(config.mqtt.tls, key, absolute(getattr(config.mqtt.tls, key)))
     config.remote_config.hmac_key_file = absolute(config.remote_config.hmac_key_file)
+    config.remote_config.state_dir = base_dir / config.remote_config.state_dir  # an absolute one stays as it is
+    config.inference.tensorrt.cache_dir = base_dir / config.inference.tensorrt.cache_dir
     from edged.sources import source_kind  # sources imports OpenCV: only when needed
 
     for stream in config.streams:

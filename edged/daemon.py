@@ -13,7 +13,7 @@ from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.demo import demo_clip_path, demo_model_path
 from edged.health import RollingWindow, SystemSampler
 from edged.inference.detector import DetectionResult, Detector
-from edged.inference.session import SessionConfig
+from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.messages import event_message, health_message
 from edged.mqtt import MqttClient
 from edged.pipeline import Pipeline
@@ -38,12 +38,8 @@ def demo_config() -> Config:
 
 
 def make_detector(config: Config) -> Detector:
-    session = SessionConfig(providers=tuple(config.inference.providers), threads=config.inference.threads,
-                            precision=config.model.precision,
-                            tensorrt_cache_dir=config.inference.tensorrt.cache_dir,
-                            tensorrt_workspace_mb=config.inference.tensorrt.workspace_mb)
     model = config.model
-    return Detector(model.path or demo_model_path(), session, family=model.family, labels=model.labels,
+    return Detector(model.path or demo_model_path(), config.session_config(), family=model.family, labels=model.labels,
                     input_size=model.input_size, confidence=model.confidence, iou=model.iou, classes=model.classes)
 
 
@@ -138,6 +134,7 @@ class Daemon:
         self._reload = threading.Event()
         self.mqtt: MqttClient | None = None
         self.detector: Detector | None = None
+        self.ladder: Ladder | None = None  # the governor's steps down, preferred first; read at (re)start
         self.runners: list[StreamRunner] = []
         self.sampler = SystemSampler(config.resources.sysfs_root)
 
@@ -204,6 +201,8 @@ class Daemon:
 
     def _start_streams(self, detector: Detector) -> None:
         self.detector = detector
+        self.ladder = load_ladder(LadderSpec.from_config(self.config), detector)
+        log.info("%s", self.ladder.summary())
         self.runners = [StreamRunner(s, detector, self.mqtt, self.device_id, self._on_stream_state)
                         for s in self.config.streams]
         for runner in self.runners:

@@ -70,6 +70,16 @@ def test_provider_fallback_is_logged(short_clip: Clip) -> None:
     assert json.loads(result.stdout)["model"]["provider"] == "cpu"
 
 
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_shipped_variants_report_their_own_precision(short_clip: Clip, precision: str) -> None:
+    variant = DEMO_MODEL.with_name(f"shapes-yolov8.{precision}.onnx")
+    result = run_edged("detect", short_clip.video, "--model", variant, "--max-frames", "1")
+    assert result.returncode == 0, result.stderr
+    message = json.loads(result.stdout)
+    assert message["model"]["precision"] == precision and message["model"]["name"] == f"shapes-yolov8.{precision}"
+    assert len(message["detections"]) >= 6
+
+
 def test_image_folder_and_single_image(short_clip: Clip, tmp_path: Path) -> None:
     capture = cv2.VideoCapture(str(short_clip.video))
     folder = tmp_path / "images"

@@ -22,6 +22,9 @@ from edged.inference.session import SessionConfig, create_session, short_name
 log = logging.getLogger("edged.inference")
 
 DEFAULT_INPUT_SIZE = 640
+_QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                  "MatMulNBits"}
+_INTEGER_WEIGHTS = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
@@ -55,6 +58,8 @@ class ModelInfo:
     inputs: list[dict[str, Any]]
     outputs: list[dict[str, Any]]
     metadata: dict[str, str]
+    weights_precision: str  # fp32, fp16 or int8: what the file itself holds
+    quantized_ops: list[str]  # QuantizeLinear, QLinearConv, ... found in the graph
 
 
 def read_model_info(path: str | Path) -> ModelInfo:
@@ -75,10 +80,50 @@ def read_model_info(path: str | Path) -> ModelInfo:
         return {"name": value.name, "shape": dims, "type": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name}
 
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    quantized = sorted({n.op_type for n in model.graph.node
+                        if n.op_type in _QUANTIZED_OPS or n.op_type.startswith("QLinear")})
+    if quantized or any(i.data_type in _INTEGER_WEIGHTS for i in model.graph.initializer):
+        precision = "int8"
+    elif (any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+          or any(i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16 for i in model.graph.input)):
+        precision = "fp16"
+    else:
+        precision = "fp32"
     return ModelInfo(path=path, size_bytes=path.stat().st_size, opset=opset,
                      inputs=[describe(i) for i in model.graph.input if i.name not in initializers],
                      outputs=[describe(o) for o in model.graph.output],
-                     metadata={p.key: p.value for p in model.metadata_props})
+                     metadata={p.key: p.value for p in model.metadata_props},
+                     weights_precision=precision, quantized_ops=quantized)
+
+
+def static_input_size(info: ModelInfo) -> tuple[int, int] | None:
+    """The model's fixed input (height, width), or None for a dynamic-shape model."""
+    shape = info.inputs[0]["shape"]
+    if len(shape) != 4:
+        raise ModelError(f"{info.path}: input has shape {shape}; expected an image batch [1, 3, H, W]")
+    return (shape[2], shape[3]) if all(isinstance(d, int) and d > 0 for d in shape[2:]) else None
+
+
+def resolve_input_size(info: ModelInfo, wanted: int | Sequence[int] | None = None) -> tuple[int, int]:
+    """The input (height, width) to feed: ``wanted`` (dynamic models only), else the model's fixed size,
+    else its ``imgsz`` metadata, else 640."""
+    static = static_input_size(info)
+    if wanted is not None:
+        size = (wanted, wanted) if isinstance(wanted, int) else (int(wanted[0]), int(wanted[1]))
+        if static and size != static:
+            raise ModelError(f"{info.path}: input size {size[1]}x{size[0]} asked for, but the model's input is "
+                             f"fixed at {static[1]}x{static[0]}")
+        return size
+    if static:
+        return static
+    imgsz = info.metadata.get("imgsz")
+    if imgsz:
+        try:
+            value = ast.literal_eval(imgsz)
+            return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+        except (ValueError, SyntaxError, TypeError, IndexError):
+            log.warning("model %s: unreadable imgsz metadata %r", info.path.name, imgsz)
+    return DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE
 
 
 def parse_names(value: str) -> list[str] | None:
@@ -141,7 +186,7 @@ class Detector:
             raise ModelError(f"{self.path}: input {model_input.name} is {model_input.type}; "
                              f"edged feeds images as float32 or float16")
         self.input_dtype = _INPUT_TYPES[model_input.type]
-        self.input_size = self._resolve_input_size(model_input.shape, input_size)
+        self.input_size = resolve_input_size(self.info, input_size)
         self.output_name = self.session.get_outputs()[0].name
 
         names = parse_names(self.info.metadata.get("names", ""))
@@ -165,28 +210,10 @@ class Detector:
 
     @property
     def precision(self) -> str:
-        return self.session_config.precision
-
-    def _resolve_input_size(self, shape: list[Any], wanted: int | Sequence[int] | None) -> tuple[int, int]:
-        if len(shape) != 4:
-            raise ModelError(f"{self.path}: input has shape {shape}; expected an image batch [1, 3, H, W]")
-        static = tuple(shape[2:]) if all(isinstance(d, int) and d > 0 for d in shape[2:]) else None
-        if wanted is not None:
-            size = (wanted, wanted) if isinstance(wanted, int) else (int(wanted[0]), int(wanted[1]))
-            if static and size != static:
-                raise ModelError(f"{self.path}: input size {size[1]}x{size[0]} asked for, but the model's input is "
-                                 f"fixed at {static[1]}x{static[0]}")
-            return size
-        if static:
-            return static  # type: ignore[return-value]
-        imgsz = self.info.metadata.get("imgsz")
-        if imgsz:
-            try:
-                value = ast.literal_eval(imgsz)
-                return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
-            except (ValueError, SyntaxError, TypeError, IndexError):
-                log.warning("model %s: unreadable imgsz metadata %r", self.path.name, imgsz)
-        return DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE
+        """The file's own precision for fp16/int8 files; for fp32 files, the one asked of the provider
+        (TensorRT builds fp16/int8 engines from an fp32 file)."""
+        held = self.info.weights_precision
+        return held if held != "fp32" else self.session_config.precision
 
     def _resolve_family(self, wanted: str) -> Family:
         """Warm up once (first inference is slow: allocations, kernel selection) and read the output layout."""

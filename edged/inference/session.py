@@ -44,6 +44,8 @@ class SessionConfig:
     tensorrt_workspace_mb: int = 1024
     device_id: int = 0
     extra_session_entries: dict[str, str] = field(default_factory=dict)
+    # When set, ONNX Runtime profiles every run; session.end_profiling() writes <prefix>_<timestamp>.json.
+    profile_prefix: Path | None = None
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.providers if p not in PROVIDERS]
@@ -109,6 +111,9 @@ def session_options(config: SessionConfig, uses_xnnpack: bool) -> ort.SessionOpt
         options.intra_op_num_threads = config.threads
     for key, value in config.extra_session_entries.items():
         options.add_session_config_entry(key, value)
+    if config.profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(config.profile_prefix)
     return options
 
 
