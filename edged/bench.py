@@ -60,7 +60,8 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from edged.errors import EdgedError
-from edged.inference.detector import Detector, read_model_info, resolve_input_size, static_input_size
+from edged.inference.detector import (Detector, read_model_info, resolve_input_size, static_input_size,
+                                     variant_path)
 from edged.inference.session import PRECISIONS, PROVIDERS, SessionConfig
 from edged.synthetic import render_scene
 
@@ -143,9 +144,7 @@ def size_label(size: Size) -> str:
 def variant_file(model: Path, precision: str, provider: str) -> Path:
     """The file a precision runs from: the model itself on TensorRT (the precision is a provider
     flag) and for fp32; ``NAME.<precision>.onnx`` next to it otherwise."""
-    if provider == "tensorrt" or precision == "fp32":
-        return model
-    return model.with_name(f"{model.stem}.{precision}.onnx")
+    return model if provider == "tensorrt" or precision == "fp32" else variant_path(model, precision)
 
 
 def available_providers() -> list[str]:

@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_detector(args: argparse.Namespace, providers: Sequence[str] | None = None) -> Detector:
-    config = SessionConfig(providers=tuple(providers or args.providers), threads=args.threads)
+def make_detector(args: argparse.Namespace) -> Detector:
+    config = SessionConfig(providers=tuple(args.providers), threads=args.threads)
     return Detector(args.model or demo_model_path(), config, family=args.family, labels=args.labels,
                     input_size=args.input_size, confidence=args.conf, iou=args.iou, classes=args.classes)
 

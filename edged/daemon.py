@@ -115,8 +115,7 @@ class StreamRunner:
         return self.reader.state != "up" or now - self.last_progress < STALL_S
 
     def health(self) -> dict[str, Any]:
-        return {"state": self.reader.state, "fps_in": round(self.reader.fps_in, 2),
-                "fps_out": round(self.reader.fps_out, 2), "frames_dropped": self.reader.dropped,
+        return {**self.reader.stats(),
                 "latency_ms": {"p50": _round(self.latency.percentile(50)), "p95": _round(self.latency.percentile(95))}}
 
 

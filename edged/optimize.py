@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from edged.errors import EdgedError, ModelError, SourceError
 from edged.evaluation import Truth, evaluate_messages, iou_matrix, load_ground_truth
-from edged.inference.detector import Detection, Detector, read_model_info
+from edged.inference.detector import Detection, Detector, read_model_info, variant_path
 from edged.inference.session import SessionConfig
 from edged.sources import Frame, open_source, source_kind
 
@@ -51,12 +51,6 @@ CPU = SessionConfig(providers=("cpu",))
 HOLD_BACK_EVERY = 5  # every fifth frame read is kept out of calibration, for the agreement check
 DEFAULT_FRAMES = 200  # frames read from the calibration source, held-back ones included
 MATCH_IOU = 0.5  # a variant's detection matches an fp32 one of the same class at this IoU or more
-
-
-def variant_path(model: str | Path, precision: str, out_dir: str | Path | None = None) -> Path:
-    """``DIR/NAME.fp16.onnx`` for ``DIR/NAME.onnx`` (``out_dir`` replaces DIR)."""
-    model = Path(model)
-    return Path(out_dir or model.parent) / f"{model.stem}.{precision}.onnx"
 
 
 def load_fp32_detector(model: str | Path) -> tuple[onnx.ModelProto, Detector]:

@@ -109,10 +109,6 @@ class Pipeline:
         self.seq = 0  # detections messages published on this stream
         self.model = model_descriptor(detector)
 
-    def process(self, frame: Frame) -> dict[str, Any]:
-        """One frame, start to finish, in the calling thread."""
-        return self.publish(frame, self.detector.detect(frame.image))
-
     def publish(self, frame: Frame, result: DetectionResult) -> dict[str, Any]:
         message = detections_message(self.device_id, self.stream, self.seq, frame, result, self.model)
         self.seq += 1

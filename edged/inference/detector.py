@@ -96,6 +96,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
                      weights_precision=precision, quantized_ops=quantized)
 
 
+def variant_path(model: str | Path, precision: str, out_dir: str | Path | None = None) -> Path:
+    """Where a precision variant lives: ``DIR/NAME.fp16.onnx`` for ``DIR/NAME.onnx`` (``out_dir`` replaces DIR)."""
+    model = Path(model)
+    return Path(out_dir or model.parent) / f"{model.stem}.{precision}.onnx"
+
+
 def static_input_size(info: ModelInfo) -> tuple[int, int] | None:
     """The model's fixed input (height, width), or None for a dynamic-shape model."""
     shape = info.inputs[0]["shape"]
@@ -173,7 +179,7 @@ class Detector:
                  max_detections: int = 300):
         self.path = Path(model_path)
         if session_config is None:
-            session_config = SessionConfig(providers=tuple(providers or ("tensorrt", "cuda", "xnnpack", "cpu")))
+            session_config = SessionConfig(providers=tuple(providers)) if providers else SessionConfig()
         self.session_config = session_config
         self.info = read_model_info(self.path)
         self.session = create_session(self.path, session_config)

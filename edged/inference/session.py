@@ -37,7 +37,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 class SessionConfig:
     """What the session factory needs from the config (``inference.*`` and ``model.precision``)."""
 
-    providers: tuple[str, ...] = ("tensorrt", "cuda", "xnnpack", "cpu")
+    providers: tuple[str, ...] = tuple(PROVIDERS)  # preference order: all of them
     threads: int = 0
     precision: str = "fp32"
     tensorrt_cache_dir: Path = Path("/var/cache/edged/trt")
