@@ -44,7 +44,6 @@ the variant's precision.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import os
@@ -60,9 +59,10 @@ import onnxruntime as ort
 from tqdm import tqdm
 
 from edged.errors import EdgedError
+from edged.heap import release_freed_memory
 from edged.inference.detector import (Detector, read_model_info, resolve_input_size, static_input_size,
                                      variant_path)
-from edged.inference.session import PRECISIONS, PROVIDERS, SessionConfig
+from edged.inference.session import PROVIDERS, SessionConfig
 from edged.synthetic import render_scene
 
 Size = tuple[int, int]  # height, width
@@ -206,7 +206,7 @@ def measure(variant: Variant, base: SessionConfig, *, warmup: int, runs: int, ba
     """
     config = replace(base, providers=(variant.provider,), precision=variant.precision)
     gc.collect()
-    _trim_heap()
+    release_freed_memory()  # so that the RSS baseline is not inflated by the previous variant
     rss_before = _rss_mb()
     started = time.perf_counter()
     detector = Detector(variant.model, config, input_size=variant.input_size)
@@ -283,14 +283,6 @@ def _missing(path: Path) -> str:
 def _rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * _PAGE_MB
-
-
-def _trim_heap() -> None:
-    """Hand freed heap memory back to the OS (glibc), so the next RSS baseline is not inflated."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (musl): the baseline is a little less exact
-        pass
 
 
 def report(model: Path, results: Sequence[Measurement], skipped: Sequence[Skipped], *, warmup: int, runs: int,

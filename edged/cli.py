@@ -16,6 +16,7 @@ from edged.errors import EdgedError, ModelError
 from edged.inference.detector import Detector, read_model_info
 from edged.inference.session import PRECISIONS, PROVIDERS, SessionConfig
 from edged.logs import setup_logging
+from edged.signals import SignalLatch
 
 log = logging.getLogger("edged.cli")
 
@@ -214,15 +215,24 @@ def _load(path_arg: Path | None):  # -> (Config, Path | None)
 
 def cmd_run(args: argparse.Namespace) -> int:
     from edged.daemon import Daemon
+    from edged.preflight import check_runtime
 
+    signals = args.signals or SignalLatch().install()
     config, path = _load(args.config)
-    return Daemon(config, path).run()
+    check_runtime(config, str(path) if path else None)  # what check-config rejects, run rejects: exit 2
+    if signals.stop.is_set():  # SIGTERM/SIGINT while starting: nothing to undo yet
+        log.info("stop requested during start-up: exiting")
+        return 0
+    return Daemon(config, path, signals).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     import yaml
 
+    from edged.preflight import check_runtime
+
     config, path = _load(args.config)
+    check_runtime(config, str(path) if path else None)  # what run needs: model, labels, TLS and password files
     print(f"# {path or 'bundled demo config'}: valid", file=sys.stderr)
     print(yaml.safe_dump(config.effective(), sort_keys=False), end="")
     return 0
@@ -304,8 +314,10 @@ def cmd_model_optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, signals: SignalLatch | None = None) -> int:
+    """``signals``: for ``edged run``, the handlers installed before the heavy imports (``edged.__main__``)."""
     args = build_parser().parse_args(argv)
+    args.signals = signals
     setup_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
         return args.handler(args)

@@ -1,31 +1,39 @@
-"""``edged run``: wires config, streams, the detector, MQTT, health and systemd together; owns signals."""
+"""``edged run``: a thin supervisor. It owns the lifecycle and the signals, and routes changes: a reload
+becomes a new config, ``Plan.between`` says which parts it touches, and ``apply`` changes just those."""
 
 from __future__ import annotations
 
+import gc
 import logging
-import signal
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
 from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.demo import demo_clip_path, demo_model_path
+from edged.heap import limit_arenas, release_freed_memory
 from edged.health import RollingWindow, SystemSampler
 from edged.inference.detector import DetectionResult, Detector
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.messages import event_message, health_message
 from edged.mqtt import MqttClient
 from edged.pipeline import Pipeline
+from edged.plan import Plan
+from edged.preflight import check_runtime
+from edged.signals import SignalLatch
 from edged.sources import Frame
-from edged.streams import StreamReader
+from edged.streams import OUTAGE_STATES, StreamReader
 from edged.systemd import Notifier
 
 log = logging.getLogger("edged.daemon")
 
-STALL_S = 10.0  # an 'up' stream that publishes nothing for this long is stalled: the watchdog stops
+PIPELINE_STUCK_S = 10.0  # an 'up' stream whose pipeline publishes nothing for this long is stuck: no watchdog
 LOOP_S = 0.25  # main loop tick
 FLUSH_S = 3.0  # how long shutdown waits for queued MQTT messages
+STOP_JOIN_S = 1.5  # how long stopping streams waits for their threads, all together
+RELEASE_WAIT_S = 5.0  # how long a replaced model session may take to finish the frames in flight on it
 STATUS_EVERY_S = 5.0  # STATUS= at most this often, unless a stream's state changes
 EXTEND_EVERY_S = 10.0  # while a model loads (a TensorRT engine build takes minutes), ask systemd for more time
 EXTEND_BY_S = 30.0
@@ -44,14 +52,16 @@ def make_detector(config: Config) -> Detector:
 
 
 class MqttSink:
-    """Publishes each detections message on ``P/streams/<stream>/detections``."""
+    """Publishes each detections message on ``P/streams/<stream>/detections`` through whichever MQTT client
+    the daemon runs now (a reload may replace it)."""
 
-    def __init__(self, mqtt: MqttClient, stream: str):
-        self.mqtt = mqtt
-        self.topic = mqtt.topic(f"streams/{stream}/detections")
+    def __init__(self, mqtt: Callable[[], MqttClient], stream: str):
+        self._mqtt = mqtt
+        self._suffix = f"streams/{stream}/detections"
 
     def write(self, message: dict[str, Any], frame: Frame, result: DetectionResult) -> None:
-        self.mqtt.publish(self.topic, message, droppable=True)
+        client = self._mqtt()
+        client.publish(client.topic(self._suffix), message, droppable=True)
 
     def close(self) -> None:
         pass
@@ -60,13 +70,15 @@ class MqttSink:
 class StreamRunner:
     """One stream: its capture thread, its pipeline thread, and the numbers health reports."""
 
-    def __init__(self, settings: StreamSettings, detector: Detector, mqtt: MqttClient, device_id: str,
-                 on_state: Callable[[str, str, str], None]):
+    def __init__(self, settings: StreamSettings, detector: Detector, mqtt: Callable[[], MqttClient], device_id: str,
+                 seq: int, on_state: Callable[[str, str, str], None]):
         self.name = settings.name
+        self.settings = settings
         self.reader = StreamReader(settings.name, str(settings.source), realtime=settings.realtime,
-                                   max_fps=settings.max_fps, loop=settings.loop, on_state=self._on_state)
+                                   max_fps=settings.max_fps, loop=settings.loop, on_state=self._on_state,
+                                   stall_s=settings.stall_s, backoff_max_s=settings.reconnect_max_s)
         self._report_state = on_state
-        self.pipeline = Pipeline(detector, settings.name, [MqttSink(mqtt, settings.name), self], device_id)
+        self.pipeline = Pipeline(detector, settings.name, [MqttSink(mqtt, settings.name), self], device_id, seq)
         self.latency = RollingWindow()
         self.inference_ms = RollingWindow()
         self.settled = threading.Event()  # first result published, or the source reported down
@@ -85,7 +97,7 @@ class StreamRunner:
         pass
 
     def _on_state(self, stream: str, state: str, detail: str) -> None:
-        if state == "down":
+        if state in OUTAGE_STATES:
             self.settled.set()
         else:
             self.last_progress = time.monotonic()
@@ -105,14 +117,22 @@ class StreamRunner:
                 log.exception("stream %s: pipeline failed; restarting it", self.name)
                 time.sleep(1.0)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop reading, let the frames in flight finish and publish."""
+    def request_stop(self) -> None:
+        """Stop reading; the frames in flight still finish and publish (``join`` waits for them)."""
         self._stopping = True
-        self.reader.stop()
-        self._thread.join(timeout)
+        self.reader.request_stop()
+
+    def join(self, deadline: float) -> None:
+        """Wait for the capture and pipeline threads until ``deadline`` (monotonic)."""
+        self.reader.join(deadline - time.monotonic())
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._thread.is_alive():
+            log.warning("stream %s: pipeline still busy when stopped; left behind", self.name)
 
     def progressing(self, now: float) -> bool:
-        return self.reader.state != "up" or now - self.last_progress < STALL_S
+        """False while the source is stalled, or while it is up and the pipeline publishes nothing."""
+        state = self.reader.state
+        return state != "stalled" and (state != "up" or now - self.last_progress < PIPELINE_STUCK_S)
 
     def health(self) -> dict[str, Any]:
         return {**self.reader.stats(),
@@ -124,18 +144,22 @@ def _round(value: float | None) -> float | None:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_file: Path | None):
+    def __init__(self, config: Config, config_file: Path | None, signals: SignalLatch | None = None):
         self.config = config
         self.config_file = config_file
+        self.signals = signals or SignalLatch()
         self.notifier = Notifier()
         self.started = time.monotonic()
-        self._stop = threading.Event()
-        self._reload = threading.Event()
         self.mqtt: MqttClient | None = None
         self.detector: Detector | None = None
-        self.ladder: Ladder | None = None  # the governor's steps down, preferred first; read at (re)start
-        self.runners: list[StreamRunner] = []
+        self.ladder: Ladder | None = None  # the governor's steps down, preferred first; read with each session
+        self.runners: dict[str, StreamRunner] = {}
         self.sampler = SystemSampler(config.resources.sysfs_root)
+        self._next_seq: dict[str, int] = {}  # streams stopped so far: one started again carries on from here
+        self._ready = False
+        self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
+        self._states: list[str] = []
+        self._next_status = self._next_watchdog = self._next_health = 0.0
 
     @property
     def device_id(self) -> str:
@@ -143,129 +167,256 @@ class Daemon:
 
     # ---------------------------------------------------------------- lifecycle
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: self._reload.set())
+        if not self.signals.installed:
+            self.signals.install()
+        limit_arenas()
         self.mqtt = MqttClient(self.config.mqtt, self.device_id)
         self.mqtt.start()
         try:
-            self._start_streams(self._load_detector(self.config))
+            started = self._start()
         except Exception:
             self.mqtt.stop(FLUSH_S)
             raise
-        ready = False
-        states: list[str] = []
-        next_health = next_watchdog = next_status = time.monotonic()
-        while not self._stop.wait(LOOP_S):
-            now = time.monotonic()
-            if not ready and all(r.settled.is_set() for r in self.runners):
-                ready = True
-                self.notifier.ready()
-                log.info("ready: %d stream(s) running", len(self.runners))
-            if ready and (now >= next_status or states != [r.reader.state for r in self.runners]):
-                states = [r.reader.state for r in self.runners]
-                self.notifier.status(self._status_line())
-                next_status = now + STATUS_EVERY_S
-            if ready and now >= next_watchdog:
-                stalled = [r.name for r in self.runners if not r.progressing(now)]
-                if stalled:
-                    log.warning("stream(s) %s stalled: watchdog not fed", ", ".join(stalled))
-                else:
-                    self.notifier.watchdog()
-                    next_watchdog = now + min(self.notifier.watchdog_interval_s or 1.0, 1.0)
-            if now >= next_health:
-                self._publish_health()
-                next_health = now + self.config.health.interval_s
-            if self._reload.is_set():
-                self._reload.clear()
+        if not started:
+            log.info("stop requested while the model loaded: exiting")
+            self.mqtt.stop(FLUSH_S)
+            return 0
+        while not self.signals.stop.wait(LOOP_S):
+            self._housekeeping(time.monotonic())
+            if self.signals.reload.is_set():
+                self.signals.reload.clear()
                 self._reload_config()
         self._shutdown()
         return 0
 
-    def _load_detector(self, config: Config) -> Detector:
-        """Load the model, keeping systemd's start timeout extended while it runs."""
+    def _start(self) -> bool:
+        """Load the model and start the streams; False if a stop was requested meanwhile. (A method of its
+        own so that no local variable outlives it: a reload must be able to free this first session.)"""
+        detector = self._load_detector(self.config, starting=True)
+        if detector is None:
+            return False
+        self._use_detector(detector)
+        for settings in self.config.streams:
+            self._start_stream(settings)
+        return True
+
+    def _housekeeping(self, now: float) -> None:
+        """Each tick: stalls, READY, STATUS, the watchdog, health."""
+        runners = list(self.runners.values())
+        for runner in runners:
+            runner.reader.check_stall(now)
+        if not self._ready and all(r.settled.is_set() for r in runners):
+            self._ready = True
+            self.notifier.ready()
+            log.info("ready: %d stream(s) running", len(runners))
+        states = [f"{r.name} {r.reader.state}" for r in runners]
+        if self._ready and (now >= self._next_status or states != self._states):
+            self._states = states
+            self.notifier.status(self._status_line())
+            self._next_status = now + STATUS_EVERY_S
+        if self._ready:
+            self._feed_watchdog(now, [r.name for r in runners if not r.progressing(now)])
+        if now >= self._next_health:
+            self._publish_health()
+            self._next_health = now + self.config.health.interval_s
+
+    def _feed_watchdog(self, now: float, stalled: list[str]) -> None:
+        """WATCHDOG=1 only while every stream makes progress; the reason is logged once per change."""
+        if stalled != self._stalled:
+            if stalled:
+                log.warning("stream(s) %s stalled: watchdog not fed", ", ".join(stalled))
+            else:
+                log.info("every stream makes progress again: watchdog fed")
+            self._stalled = stalled
+        if not stalled and now >= self._next_watchdog:
+            self.notifier.watchdog()
+            self._next_watchdog = now + min(self.notifier.watchdog_interval_s or 1.0, 1.0)
+
+    def _load_detector(self, config: Config, *, starting: bool) -> Detector | None:
+        """Load the model in a helper thread, so that signals are heard meanwhile: None if a stop was
+        requested before it finished (the helper is left to finish or die with the process). Starting,
+        systemd's start timeout is extended while it runs (a TensorRT engine build takes minutes);
+        reloading, the running streams carry on, fed to the watchdog and reported in health."""
         self.notifier.status(f"loading model {config.model.path or 'demo'}")
-        done = threading.Event()
+        outcome: list[Detector | BaseException] = []
 
-        def extend() -> None:
-            deadline = time.monotonic() + EXTEND_LIMIT_S
-            while not done.wait(EXTEND_EVERY_S) and time.monotonic() < deadline:
+        def load() -> None:
+            try:
+                outcome.append(make_detector(config))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(exc)
+
+        loader = threading.Thread(target=load, name="model-load", daemon=True)
+        loader.start()
+        started = time.monotonic()
+        next_extend = started + EXTEND_EVERY_S
+        while True:
+            loader.join(LOOP_S)
+            if not loader.is_alive():
+                break
+            if self.signals.stop.is_set():
+                return None
+            now = time.monotonic()
+            if not starting:
+                self._housekeeping(now)
+            elif now >= next_extend and now - started < EXTEND_LIMIT_S:
                 self.notifier.extend_timeout(EXTEND_BY_S)
+                next_extend = now + EXTEND_EVERY_S
+        result = outcome[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-        threading.Thread(target=extend, name="extend-timeout", daemon=True).start()
-        try:
-            return make_detector(config)
-        finally:
-            done.set()
-
-    def _start_streams(self, detector: Detector) -> None:
+    def _use_detector(self, detector: Detector) -> None:
+        """Make ``detector`` the one every stream uses, and release the one it replaces: once its last
+        frames in flight are out, nothing refers to it, so its ONNX Runtime session and threads go."""
+        replaced = weakref.ref(self.detector) if self.detector is not None else None
         self.detector = detector
-        self.ladder = load_ladder(LadderSpec.from_config(self.config), detector)
-        log.info("%s", self.ladder.summary())
-        self.runners = [StreamRunner(s, detector, self.mqtt, self.device_id, self._on_stream_state)
-                        for s in self.config.streams]
-        for runner in self.runners:
-            runner.start()
+        self._load_ladder()
+        for runner in self.runners.values():
+            runner.pipeline.detector = detector
+        if replaced is None:
+            return
+        deadline = time.monotonic() + RELEASE_WAIT_S
+        while replaced() is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            gc.collect()  # in case an exception's traceback left a cycle holding it
+        if replaced() is not None:
+            log.warning("the replaced model session is still in use after %.0f s; it is freed when its last "
+                        "frame is out", RELEASE_WAIT_S)
+        else:
+            release_freed_memory()
+            log.info("replaced model session released")
 
-    def _stop_streams(self) -> None:
-        for runner in self.runners:
-            runner.stop()
-        self.runners = []
+    def _load_ladder(self) -> None:
+        assert self.detector is not None
+        self.ladder = load_ladder(LadderSpec.from_config(self.config), self.detector)
+        log.info("%s", self.ladder.summary())
+
+    def _start_stream(self, settings: StreamSettings) -> None:
+        assert self.detector is not None
+        self.runners[settings.name] = runner = StreamRunner(
+            settings, self.detector, lambda: self.mqtt, self.device_id, self._next_seq.get(settings.name, 0),
+            self._on_stream_state)
+        runner.start()
+
+    def _stop_streams(self, names: list[str]) -> None:
+        """Stop these streams together, remembering where their seq stands."""
+        runners = [self.runners.pop(name) for name in names]
+        for runner in runners:
+            runner.request_stop()
+        deadline = time.monotonic() + STOP_JOIN_S
+        for runner in runners:
+            runner.join(deadline)
+            self._next_seq[runner.name] = runner.pipeline.seq
+        if runners:
+            release_freed_memory()
 
     def _shutdown(self) -> None:
         log.info("stopping: finishing frames in flight")
         self.notifier.stopping()
-        self._stop_streams()
+        self._stop_streams(list(self.runners))
         assert self.mqtt is not None
         self.mqtt.stop(FLUSH_S)
         log.info("stopped")
 
+    # ---------------------------------------------------------------- changes
     def _reload_config(self) -> None:
         if self.config_file is None:
             log.warning("SIGHUP: no config file to reload (running the bundled demo config)")
             return
         try:
             new = load_config(self.config_file)
+            check_runtime(new, str(self.config_file))
         except ConfigError as exc:
-            for line in exc.errors:
-                log.error("config reload rejected: %s", line)
-            self._event("config_rejected", f"Reloaded config {self.config_file} is invalid; the running config "
-                                           f"stays.", errors=exc.errors)
+            self._reject(f"Reloaded config {self.config_file} is invalid", exc.errors)
             return
         log.info("SIGHUP: applying %s", self.config_file)
-        try:  # the old pipelines keep running (and feeding the watchdog) while the new model loads
-            detector = self._load_detector(new)
-        except Exception as exc:
-            log.error("config reload rejected: %s", exc)
-            self._event("config_rejected", f"Reloaded config could not load its model ({exc}); the running "
-                                           f"config stays.", errors=[str(exc)])
-            return
-        self._stop_streams()
+        self.apply(new, f"Config {self.config_file} reloaded on SIGHUP")
+
+    def apply(self, new: Config, cause: str) -> bool:
+        """Change the running daemon into ``new``, touching only what ``Plan.between`` says changed.
+
+        What can fail (loading a new model, thresholds naming unknown classes) runs first, before anything
+        running is touched: a failure rejects the change and the running config stays whole.
+        """
+        plan = Plan.between(self.config, new)
+        detector = self.detector
+        assert detector is not None and self.mqtt is not None
+        try:
+            if plan.rebuild_session:
+                detector = self._load_detector(new, starting=False)
+                if detector is None:  # stopping
+                    return False
+            elif plan.thresholds:
+                detector.set_thresholds(new.model.confidence, new.model.iou, new.model.classes)
+        except Exception as exc:  # ModelError, or ONNX Runtime failing in a way it does not name
+            self._reject(f"{cause}: its model could not be used", [str(exc)])
+            return False
+        if plan.reconnect_mqtt and (problem := self._reconnect(new)):
+            self._reject(f"{cause}: its MQTT settings could not be used", [problem])
+            return False
         old, self.config = self.config, new
-        if new.mqtt != old.mqtt or new.device_id != old.device_id:
-            assert self.mqtt is not None
-            self.mqtt.stop(FLUSH_S)
+        self._stop_streams(list(plan.streams_removed + plan.streams_restarted))
+        if detector is not self.detector:
+            self._use_detector(detector)
+        elif {"resources", "remote_config"} & set(plan.in_place):  # the ladder's steps or its folder
+            self._load_ladder()
+        streams = {s.name: s for s in new.streams}
+        for name in plan.streams_restarted + plan.streams_added:
+            self._start_stream(streams[name])
+        for name in plan.streams_retuned:
+            self.runners[name].reader.max_fps = streams[name].max_fps
+        if new.resources.sysfs_root != old.resources.sysfs_root:
+            self.sampler = SystemSampler(new.resources.sysfs_root)
+        log.info("config applied: %s", plan.describe())
+        self._event("config_applied", f"{cause}: {plan.describe()}.")
+        return True
+
+    def _reconnect(self, new: Config) -> str | None:
+        """Replace the MQTT connection by one for ``new``. If that cannot start (a TLS or password file
+        that became unreadable since it was checked), go back to the old one and say why."""
+        assert self.mqtt is not None
+        self.mqtt.stop(FLUSH_S)
+        try:
             self.mqtt = MqttClient(new.mqtt, new.device_id)
             self.mqtt.start()
-        self.sampler = SystemSampler(new.resources.sysfs_root)
-        self._start_streams(detector)
-        self._event("config_applied", f"Config {self.config_file} reloaded on SIGHUP.")
+        except (ConfigError, ValueError) as exc:
+            self.mqtt = MqttClient(self.config.mqtt, self.device_id)
+            self.mqtt.start()
+            return str(exc)
+        for runner in self.runners.values():
+            runner.pipeline.device_id = new.device_id
+        return None
+
+    def _reject(self, why: str, errors: list[str]) -> None:
+        for line in errors:
+            log.error("config rejected: %s", line)
+        self._event("config_rejected", f"{why}; the running config stays.", errors=errors)
 
     # ---------------------------------------------------------------- publishing
     def _on_stream_state(self, stream: str, state: str, detail: str) -> None:
-        self._event(f"stream_{state}", f"Stream {stream} is {state}: {detail}", stream=stream)
+        if state == "up":
+            self._event("stream_up", f"Stream {stream} is up: {detail}", stream=stream)
+        elif state == "stalled":
+            self._event("stream_down", f"Stream {stream} stalled: {detail}; reopening it.", stream=stream,
+                        reason="stalled")
+        else:
+            self._event("stream_down", f"Stream {stream} is down: {detail}", stream=stream)
 
     def _event(self, kind: str, detail: str, stream: str | None = None, **fields: Any) -> None:
         if self.mqtt is not None:
             self.mqtt.publish(self.mqtt.topic("events"), event_message(self.device_id, kind, detail, stream, **fields))
 
     def _publish_health(self) -> None:
-        assert self.mqtt is not None and self.detector is not None
-        inference = RollingWindow.merged([r.inference_ms for r in self.runners])
+        if self.mqtt is None or self.detector is None:
+            return
+        runners = list(self.runners.values())
+        inference = RollingWindow.merged([r.inference_ms for r in runners])
         message = health_message(
             self.device_id,
             uptime_s=round(time.monotonic() - self.started, 1),
-            streams={r.name: r.health() for r in self.runners},
+            streams={r.name: r.health() for r in runners},
             inference={"provider": self.detector.provider, "precision": self.detector.precision,
                        "input_size": list(self.detector.input_size), "ms_p50": _round(inference.percentile(50))},
             resources=self.sampler.sample(),
@@ -275,6 +426,6 @@ class Daemon:
         self.mqtt.set_retained(self.mqtt.topic("health"), message)
 
     def _status_line(self) -> str:
-        parts = [f"{r.name} {r.reader.state} {r.reader.fps_out:.1f} fps" for r in self.runners]
+        parts = [f"{r.name} {r.reader.state} {r.reader.fps_out:.1f} fps" for r in self.runners.values()]
         queue = self.mqtt.queue_depth if self.mqtt else 0
         return "; ".join(parts) + (f"; mqtt queue {queue}" if queue else "")

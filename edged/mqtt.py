@@ -7,6 +7,12 @@ retained state. So the outbox is the one source of truth: QoS 1 messages survive
 outages (none lost within ``queue_limit``), and everything goes out in the order it was published.
 One client object lives as long as the daemon; paho reconnects it with backoff. Needs paho-mqtt >= 2.2
 (``Client.drop_out_messages``).
+
+Two devices with the same device_id (cloned SD cards) take the connection from each other on every reconnect.
+A takeover is recognised from the broker's DISCONNECT "Session taken over" (MQTT 5), or else (MQTT 3.1.1, and
+brokers such as mosquitto < 2.0.15 that just close the socket) from connections the broker closes soon after
+accepting them, several in a row. It is logged once per episode, and reconnects back off far more slowly until a
+connection stays up (TAKEOVER_DELAY_S, STABLE_S).
 """
 
 from __future__ import annotations
@@ -35,6 +41,17 @@ log = logging.getLogger("edged.mqtt")
 WINDOW = 20  # messages handed to paho and not yet acknowledged, at most (or the broker's Receive Maximum)
 SESSION_EXPIRY_S = 3600  # MQTT 5: how long the broker keeps our session (subscriptions, messages for us)
 RECONNECT_DELAY_S = (1, 30)  # paho's backoff between connection attempts: doubles from 1 s up to 30 s
+# Another client with our device_id keeps taking the connection over: reconnect after 10 s, then 20, 40, ... 240 s.
+TAKEOVER_DELAY_S = (10, 240)
+# No "Session taken over" from the broker: QUICK_DROPS connections in a row that it closed within QUICK_S of
+# accepting them are takeovers. QUICK_S is above TAKEOVER_DELAY_S[0] so that the other client, whose connections
+# last as long as our first back-off, recognises the clash too.
+QUICK_S = 30
+QUICK_DROPS = 3
+# A connection up this long ends a takeover episode. While two clients fight, each connection lasts as long as
+# the other's back-off, so this must be longer than TAKEOVER_DELAY_S[1].
+STABLE_S = 300
+SESSION_TAKEN_OVER = 0x8E  # MQTT 5 DISCONNECT reason code
 
 Payload = dict[str, Any] | str | bytes
 MessageCallback = Callable[[str, bytes, bool, dict[str, str]], None]  # topic, payload, retained, user properties
@@ -113,12 +130,17 @@ class MqttClient:
         self._dropped = 0
         self._drop_logged = False
         self._reconnects = 0
+        self._takeovers = 0
         self._closing = False
         self._sender: threading.Thread | None = None
-        # Touched by paho's network thread only: whether connected, and what was logged about failed attempts.
+        # Touched by paho's network thread only: whether connected, and what was logged about failed attempts;
+        # for takeovers: when the connection was accepted, quick drops in a row, the back-off (None: no episode).
         self._session = False
         self._failure_logged = False
         self._refused: str | None = None
+        self._accepted_at = 0.0
+        self._quick_drops = 0
+        self._takeover_delay: int | None = None
 
         client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=device_id,
                              protocol=paho.MQTTv5 if self._v5 else paho.MQTTv311,
@@ -252,7 +274,7 @@ class MqttClient:
         """For the health message."""
         with self._cond:
             return {"connected": self._up, "queue_depth": self._depth(), "queue_limit": self.settings.queue_limit,
-                    "dropped": self._dropped, "reconnects": self._reconnects}
+                    "dropped": self._dropped, "reconnects": self._reconnects, "takeovers": self._takeovers}
 
     # -- the outbox (callers hold _cond) ----------------------------------------------------------------------
 
@@ -330,10 +352,12 @@ class MqttClient:
             log.info("connected to %s%s", self._where, sending)
         self._up, self._ever_up, self._window, self._drop_logged = True, True, window, False
 
-    def _disconnected(self, reason: str) -> None:
+    def _disconnected(self, reason: str | None) -> None:
+        """``reason`` None: another client took the connection over, and that is logged already."""
         self._up, self._lost_at = False, time.monotonic()
-        log.warning("connection to %s lost (%s); queueing up to %d messages", self._where, reason,
-                    self.settings.queue_limit)
+        if reason is not None:
+            log.warning("connection to %s lost (%s); queueing up to %d messages", self._where, reason,
+                        self.settings.queue_limit)
 
     # -- paho callbacks (network thread) ----------------------------------------------------------------------
 
@@ -350,6 +374,7 @@ class MqttClient:
             self._refused, self._failure_logged = str(reason), True
             return
         self._session, self._refused, self._failure_logged = True, None, False
+        self._accepted_at = time.monotonic()
         client.drop_out_messages()  # the sender re-sends them from _inflight, in order, after status and state
         with self._cond:
             filters = list(self._subscriptions)
@@ -359,6 +384,7 @@ class MqttClient:
 
     def _attempt_failed(self, reason: object) -> None:
         """Once per outage at warning level (then at debug): a connection attempt failed; paho retries."""
+        self._quick_drops = 0  # the broker or the network is down: not a takeover
         if self._failure_logged:
             log.debug("connecting to %s failed (%s)", self._where, reason)
         else:
@@ -376,9 +402,47 @@ class MqttClient:
             cause = "connection closed"  # what paho reports for a dropped socket
         if self._session:  # the reconnect attempts that fail now are part of this outage: not logged again
             self._session, self._failure_logged = False, True
-            self._post(self._disconnected, cause)
+            takeovers = self._takeovers_seen(flags, reason)
+            if takeovers:
+                self._back_off(takeovers)
+            else:
+                client.reconnect_delay_set(*RECONNECT_DELAY_S)
+            self._post(self._disconnected, None if takeovers else cause)
         else:  # e.g. the broker wanted a TLS client certificate
             self._attempt_failed(f"{cause} before the broker accepted it")
+
+    def _takeovers_seen(self, flags: paho.DisconnectFlags, reason: ReasonCode) -> int:
+        """How many takeovers the end of this connection reveals: 0 or 1, or QUICK_DROPS when a run of quick
+        drops is first recognised as takeovers."""
+        up_s = time.monotonic() - self._accepted_at
+        if up_s >= STABLE_S:
+            self._takeover_delay = None
+        if flags.is_disconnect_packet_from_server:
+            self._quick_drops = 0
+            return int(reason.value == SESSION_TAKEN_OVER)
+        # paho's reason for a socket the broker closed (a timed-out keepalive is "Keep alive timeout")
+        closed = str(reason) == "Unspecified error"
+        self._quick_drops = self._quick_drops + 1 if closed and up_s < QUICK_S else 0
+        if closed and self._takeover_delay is not None:
+            return 1
+        return self._quick_drops if self._quick_drops >= QUICK_DROPS else 0
+
+    def _back_off(self, takeovers: int) -> None:
+        """Reconnect after the takeover back-off; warn once per episode."""
+        with self._cond:
+            self._takeovers += takeovers
+            total = self._takeovers
+        if self._takeover_delay is None:
+            self._takeover_delay = TAKEOVER_DELAY_S[0]
+            log.warning("another client with device_id %s took over the connection; is device_id unique? "
+                        "Broker %s; reconnecting in %d s, backing off up to %d s while takeovers go on",
+                        self.device_id, self._where, self._takeover_delay, TAKEOVER_DELAY_S[1])
+        else:
+            self._takeover_delay = min(self._takeover_delay * 2, TAKEOVER_DELAY_S[1])
+            log.info("connection to %s taken over again (%d takeovers); reconnecting in %d s", self._where, total,
+                     self._takeover_delay)
+        # paho waits min_delay first, and resets its own backoff on every accepted connection: set both ends.
+        self._client.reconnect_delay_set(self._takeover_delay, self._takeover_delay)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:

@@ -39,9 +39,12 @@ class PipelineStats:
 
 @dataclass
 class InFlight:
-    """A frame between stages: ``tensor`` is the model input until inference, then its output."""
+    """A frame between stages: ``tensor`` is the model input until inference, then its output.
+    ``detector`` is the one that preprocessed it: every stage of a frame uses the same one, even when
+    ``Pipeline.detector`` is replaced meanwhile."""
 
     frame: Frame
+    detector: Detector | None  # None once postprocessed
     transform: Letterbox
     tensor: np.ndarray
     timings_ms: dict[str, float]
@@ -101,16 +104,20 @@ def in_background(items: Iterable[T], name: str, depth: int = STAGE_DEPTH) -> It
 
 
 class Pipeline:
-    def __init__(self, detector: Detector, stream: str, sinks: Sequence[Sink], device_id: str):
+    """``detector`` may be replaced at any time from another thread (a reload, a resource step): the
+    next frame to be preprocessed uses the new one, frames already in flight finish on theirs."""
+
+    def __init__(self, detector: Detector, stream: str, sinks: Sequence[Sink], device_id: str, seq: int = 0):
         self.detector = detector
         self.stream = stream
         self.sinks = list(sinks)
         self.device_id = device_id
-        self.seq = 0  # detections messages published on this stream
-        self.model = model_descriptor(detector)
+        self.seq = seq  # the next detections message's seq: a restarted stream carries on from its last one
 
-    def publish(self, frame: Frame, result: DetectionResult) -> dict[str, Any]:
-        message = detections_message(self.device_id, self.stream, self.seq, frame, result, self.model)
+    def publish(self, frame: Frame, result: DetectionResult, model: dict[str, Any]) -> dict[str, Any]:
+        """Number the message, hand it to every sink; ``model`` is the ``model_descriptor`` of the detector
+        that produced ``result``."""
+        message = detections_message(self.device_id, self.stream, self.seq, frame, result, model)
         self.seq += 1
         for sink in self.sinks:
             sink.write(message, frame, result)
@@ -131,14 +138,14 @@ class Pipeline:
         if overlap:
             prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}")
             inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}")
-            results: Iterator[tuple[Frame, DetectionResult]] = (
-                (item.frame, self._postprocess(item)) for item in inferred)
+            results: Iterator[tuple[Frame, DetectionResult, dict[str, Any]]] = (
+                self._postprocess(item) for item in inferred)
         else:
             inferred = None
-            results = ((frame, self.detector.detect(frame.image)) for frame in frames)
+            results = (self._detect(frame) for frame in frames)
         try:
-            for frame, result in results:
-                self.publish(frame, result)
+            for frame, result, model in results:
+                self.publish(frame, result, model)
                 stats.frames += 1
                 stats.detections += len(result.detections)
         finally:
@@ -151,20 +158,30 @@ class Pipeline:
                  stats.fps)
         return stats
 
+    # The stages hand on the model's descriptor, never the detector: between frames, nothing in a stage may
+    # hold a replaced detector, so that its session is freed as soon as its last frame is out.
+    def _detect(self, frame: Frame) -> tuple[Frame, DetectionResult, dict[str, Any]]:
+        detector = self.detector  # read once: it may be replaced while this frame is detected
+        return frame, detector.detect(frame.image), model_descriptor(detector)
+
     def _preprocess(self, frame: Frame) -> InFlight:
         t0 = time.perf_counter()
-        blob, transform = self.detector.preprocess(frame.image)
-        return InFlight(frame, transform, blob, {"preprocess": (time.perf_counter() - t0) * 1000})
+        detector = self.detector
+        blob, transform = detector.preprocess(frame.image)
+        return InFlight(frame, detector, transform, blob, {"preprocess": (time.perf_counter() - t0) * 1000})
 
     def _infer(self, item: InFlight) -> InFlight:
         t0 = time.perf_counter()
-        item.tensor = self.detector.infer(item.tensor)
+        assert item.detector is not None
+        item.tensor = item.detector.infer(item.tensor)
         item.timings_ms["inference"] = (time.perf_counter() - t0) * 1000
         return item
 
-    def _postprocess(self, item: InFlight) -> DetectionResult:
+    def _postprocess(self, item: InFlight) -> tuple[Frame, DetectionResult, dict[str, Any]]:
         t0 = time.perf_counter()
-        detections = self.detector.postprocess(item.tensor, item.transform)
+        detector = item.detector
+        detections = detector.postprocess(item.tensor, item.transform)
         item.timings_ms["postprocess"] = (time.perf_counter() - t0) * 1000
-        return DetectionResult(detections, item.transform.source_width, item.transform.source_height,
-                               item.timings_ms)
+        item.detector = None  # the earlier stages' generators still hold this item until their next frame
+        return item.frame, DetectionResult(detections, item.transform.source_width, item.transform.source_height,
+                                           item.timings_ms), model_descriptor(detector)

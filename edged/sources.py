@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
@@ -23,6 +25,7 @@ log = logging.getLogger("edged.sources")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+_DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
 
 
 def redact(spec: str) -> str:
@@ -109,10 +112,15 @@ class ImageSource(FrameSource):
 
 
 class CaptureSource(FrameSource):
-    """Anything ``cv2.VideoCapture`` opens: video files, cameras, URLs, GStreamer pipelines."""
+    """Anything ``cv2.VideoCapture`` opens: video files, cameras, URLs, GStreamer pipelines.
 
-    def __init__(self, spec: str):
+    ``open_timeout_s`` and ``read_timeout_s`` bound how long opening a URL, and each read from it, may
+    block (OpenCV's FFmpeg backend): a frozen camera makes ``read()`` fail instead of hanging for ever.
+    """
+
+    def __init__(self, spec: str, *, open_timeout_s: float | None = None, read_timeout_s: float | None = None):
         super().__init__(spec)
+        self.open_timeout_s, self.read_timeout_s = open_timeout_s, read_timeout_s
         if self.kind == "video" and not Path(spec).is_file():
             raise SourceError(f"{spec}: video file not found")
         if self.kind == "gstreamer" and not has_gstreamer():
@@ -131,6 +139,13 @@ class CaptureSource(FrameSource):
             return cv2.VideoCapture(device, cv2.CAP_V4L2) if isinstance(device, str) else cv2.VideoCapture(device)
         if self.kind == "gstreamer":
             return cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
+        if self.kind == "url" and (self.open_timeout_s or self.read_timeout_s):
+            params = []
+            for prop, seconds in ((cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self.open_timeout_s),
+                                  (cv2.CAP_PROP_READ_TIMEOUT_MSEC, self.read_timeout_s)):
+                if seconds:
+                    params += [prop, round(seconds * 1000)]
+            return cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, params)
         return cv2.VideoCapture(self.spec)
 
     @property
@@ -154,10 +169,41 @@ class CaptureSource(FrameSource):
         self.capture.release()
 
 
-def open_source(spec: str | int) -> FrameSource:
-    """Open a source from its config or command-line spelling; raises SourceError naming it."""
+def open_source(spec: str | int, *, open_timeout_s: float | None = None,
+                read_timeout_s: float | None = None) -> FrameSource:
+    """Open a source from its config or command-line spelling; raises SourceError naming it.
+    The timeouts apply to URLs (see ``CaptureSource``)."""
     spec = str(spec)
-    return ImageSource(spec) if source_kind(spec) in ("image", "images") else CaptureSource(spec)
+    if source_kind(spec) in ("image", "images"):
+        return ImageSource(spec)
+    return CaptureSource(spec, open_timeout_s=open_timeout_s, read_timeout_s=read_timeout_s)
+
+
+def source_reachable(spec: str | int, timeout_s: float = 0.25) -> bool | None:
+    """A cheap check, far cheaper than opening the source, of whether it could open now: the file or
+    device exists, or a URL's host accepts a TCP connection on its port. None: no cheap check exists
+    (GStreamer pipelines). A frozen server still accepts connections (the kernel answers), so True
+    does not mean frames will flow; False is reliable."""
+    spec = str(spec)
+    kind = source_kind(spec)
+    if kind == "gstreamer":
+        return None
+    if kind == "camera":
+        return Path(spec if spec.startswith("/dev/") else f"/dev/video{spec}").exists()
+    if kind != "url":
+        return Path(spec).exists()
+    parts = urlsplit(spec)
+    try:
+        port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:  # a malformed port: opening will say what is wrong
+        return None
+    if not parts.hostname or port is None:
+        return None
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
 
 
 def source_name(spec: str | int) -> str:

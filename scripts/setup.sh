@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Creates ./.venv with edged and its test tools, installing the Debian packages it needs
 # (python3-venv; mosquitto for the demo broker and the tests; openssl for the TLS tests) with
-# apt when they are missing, and systemd's systemd-analyze (to verify the unit) where apt can
-# install it: without it that one test is skipped. Safe to run again: it only reinstalls
-# when pyproject.toml has changed.
+# apt when they are missing, and where apt can install them: systemd's systemd-analyze (to
+# verify the unit), and gst-rtsp-server with python3-gi and the x264 encoder (the tests' RTSP
+# camera, tests/rtsp_server.py, run by /usr/bin/python3); without them those tests are
+# skipped. Safe to run again: it only reinstalls when pyproject.toml has changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,10 +14,13 @@ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || packages+=(mosq
 command -v openssl >/dev/null || packages+=(openssl)
 optional=()
 command -v systemd-analyze >/dev/null || optional+=(systemd)
-if [ $((${#packages[@]} + ${#optional[@]})) -gt 0 ]; then
+rtsp=()
+/usr/bin/python3 tests/rtsp_server.py --check >/dev/null 2>&1 || rtsp+=(python3-gi gir1.2-gst-rtsp-server-1.0
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly)
+if [ $((${#packages[@]} + ${#optional[@]} + ${#rtsp[@]})) -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    echo "setup: installing ${packages[*]} ${optional[*]} with apt" >&2
+    echo "setup: installing ${packages[*]} ${optional[*]} ${rtsp[*]} with apt" >&2
     $sudo apt-get update -qq
     if [ ${#packages[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
@@ -24,6 +28,10 @@ if [ $((${#packages[@]} + ${#optional[@]})) -gt 0 ]; then
     if [ ${#optional[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${optional[@]}" >/dev/null \
             || echo "setup: could not install ${optional[*]}; the unit-verification test will be skipped" >&2
+    fi
+    if [ ${#rtsp[@]} -gt 0 ]; then
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${rtsp[@]}" >/dev/null \
+            || echo "setup: could not install ${rtsp[*]}; the RTSP stream tests will be skipped" >&2
     fi
 fi
 

@@ -12,6 +12,7 @@ import pytest
 
 from edged.synthetic import write_clip
 from tests.broker import broker  # noqa: F401  (the fixture: a real Mosquitto on a free loopback port)
+from tests.rtsp import rtsp_server  # noqa: F401  (the fixture: a real RTSP camera on a free loopback port)
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_MODEL = REPO / "models" / "shapes-yolov8.onnx"
@@ -46,3 +47,8 @@ def run_edged(*args: str | Path, timeout: float = 120) -> subprocess.CompletedPr
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "edged", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture
+def looping_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("loop") / "loop.mp4", seed=11, frames=60, width=320, height=240)

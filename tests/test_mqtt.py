@@ -1,8 +1,10 @@
-"""edged.mqtt against a real mosquitto: status and last will, outages, the bounded outbox, auth, TLS, MQTT 3.1.1."""
+"""edged.mqtt against a real mosquitto: status and last will, outages, the bounded outbox, auth, TLS, MQTT 3.1.1,
+two devices with the same device_id."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -16,10 +18,12 @@ import pytest
 
 from edged.config import ConfigError, MqttSettings
 from edged.mqtt import MqttClient
-from tests.broker import Broker, Subscriber, wait_until
+from tests.broker import HOST, Broker, Subscriber, wait_until
 
 DEVICE = "dev"
 STATUS = f"edged/{DEVICE}/status"
+TAKEN_OVER = f"another client with device_id {DEVICE} took over the connection; is device_id unique?"
+TAKEOVER_IN_BROKER_LOG = f"Client {DEVICE} already connected, closing old connection."
 
 
 @contextmanager
@@ -54,6 +58,45 @@ def numbers(subscriber: Subscriber) -> list[int]:
 
 def errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name.startswith("edged.mqtt") and r.levelno >= logging.ERROR]
+
+
+def takeover_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and r.getMessage().startswith(TAKEN_OVER)]
+
+
+@contextmanager
+def taking_over_broker() -> Iterator[tuple[int, list[float]]]:
+    """A fake MQTT 5 broker on a free loopback port that accepts every connection, then at once sends DISCONNECT
+    "Session taken over" (0x8E) and closes it, as a broker does when another client connects with the same id.
+    Yields the port and a list that gets the time of every connection."""
+    connections: list[float] = []
+    stop = threading.Event()
+    server = socket.create_server((HOST, 0))
+    server.settimeout(0.05)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5.0)
+                connections.append(time.monotonic())
+                connection.recv(4096)  # CONNECT
+                connection.sendall(bytes([0x20, 3, 0, 0, 0]))  # CONNACK: no session, Success, no properties
+                time.sleep(0.1)
+                connection.sendall(bytes([0xE0, 2, 0x8E, 0]))  # DISCONNECT: Session taken over, no properties
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield server.getsockname()[1], connections
+    finally:
+        stop.set()
+        thread.join()
+        server.close()
 
 
 KILLED_CLIENT = """
@@ -115,7 +158,7 @@ def test_broker_down_at_start_queues_and_delivers_everything_in_order(tmp_path: 
         assert sub.payloads(STATUS) == [b"online"]
         wait_until(lambda: client.queue_depth == 0, what="the acknowledgements")
         assert client.stats() == {"connected": True, "queue_depth": 0, "queue_limit": 10000, "dropped": 0,
-                                  "reconnects": 0}
+                                  "reconnects": 0, "takeovers": 0}
     assert not errors(caplog)
 
 
@@ -256,6 +299,39 @@ def test_mqtt_3_1_1(tmp_path: Path) -> None:
             client.publish(client.topic("events"), {"i": 2}, qos=2)
             sub.wait_for(lambda: numbers(sub) == [0, 1, 2], what="the messages")
         sub.wait_for(lambda: sub.payloads(STATUS) == [b"online", b"offline"], what="offline")
+
+
+def test_session_taken_over_is_named_at_once_and_backed_off(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "edged.mqtt")
+    with taking_over_broker() as (port, connections), running(MqttSettings(host=HOST, port=port)) as client:
+        wait_until(lambda: takeover_warnings(caplog), what="the takeover warning")
+        time.sleep(3.0)  # the usual backoff would have reconnected after 1 s; the takeover back-off waits 10 s
+        assert len(connections) == 1
+        assert client.stats()["takeovers"] == 1 and not client.connected
+    assert takeover_warnings(caplog) == [f"{TAKEN_OVER} Broker {HOST}:{port} (MQTT 5); reconnecting in 10 s, "
+                                         "backing off up to 240 s while takeovers go on"]
+    assert not [r for r in caplog.records if "lost" in r.getMessage()]  # the takeover line says it all
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_two_clients_with_one_device_id_back_off_and_say_so(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                           protocol: str) -> None:
+    """mosquitto 2.0.11 closes the old connection without DISCONNECT 0x8E, for MQTT 5 as for 3.1.1: each client
+    recognises quick drops in a row. Without back-off they take the connection from each other every second."""
+    caplog.set_level(logging.INFO, "edged.mqtt")
+    with Broker(tmp_path) as broker, running(broker.settings(protocol=protocol)) as first, \
+            running(broker.settings(protocol=protocol)) as second:
+        # The first to see 3 quick drops backs off 10 s; the other sees its third drop when that ends (~15 s).
+        wait_until(lambda: len(takeover_warnings(caplog)) >= 2, 30, "both clients' takeover warning")
+        takeovers = broker.log().count(TAKEOVER_IN_BROKER_LOG)
+        assert takeovers <= 8
+        time.sleep(4.0)  # both back off 10 s now: no takeover
+        assert broker.log().count(TAKEOVER_IN_BROKER_LOG) == takeovers
+        assert first.stats()["takeovers"] >= 1 and second.stats()["takeovers"] >= 1
+        assert first.stats()["takeovers"] + second.stats()["takeovers"] == takeovers
+    assert len(takeover_warnings(caplog)) == 2  # once per client and episode
+    assert not errors(caplog)
 
 
 def test_payloads_and_topics(tmp_path: Path) -> None:

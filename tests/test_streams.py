@@ -79,8 +79,8 @@ def test_defaults_follow_the_contract(clip: Path) -> None:
                            ("videotestsrc ! videoconvert ! appsink", True), ("still.png", False)]:
         r = StreamReader("s", spec)
         assert r.realtime is realtime and r.state == "starting", spec
-        assert (r.backoff_initial_s, r.backoff_max_s) == (1.0, 30.0)
-    assert list(islice(backoff_delays(1.0, 30.0), 8)) == [1, 2, 4, 8, 16, 30, 30, 30]
+        assert (r.backoff_initial_s, r.backoff_max_s, r.stall_s) == (1.0, 5.0, 5.0)
+    assert list(islice(backoff_delays(1.0, 5.0), 6)) == [1, 2, 4, 5, 5, 5]
     with pytest.raises(ValueError, match="max_fps"):
         StreamReader("s", str(clip), max_fps=0)
 
@@ -147,15 +147,27 @@ def test_a_file_that_appears_after_start_goes_down_then_up(reader, events: Event
     assert events.states("late") == ["down", "up", "down"]
 
 
+def test_a_source_that_comes_back_is_reopened_at_once_not_at_the_end_of_the_backoff(
+        reader, events: Events, tmp_path: Path) -> None:
+    """While it waits to retry, the reader probes the source (here: does the file exist?)."""
+    path = tmp_path / "back.mp4"
+    r = reader("back", path, backoff_initial_s=30.0)
+    assert wait_for(lambda: r.state == "down")
+    os.replace(make_clip(tmp_path / "staging" / "back.mp4"), path)
+    returned = time.monotonic()
+    assert wait_for(lambda: r.state == "up", 5)
+    assert time.monotonic() - returned < 2, "reopened only at the end of the 30 s backoff"
+
+
 def test_an_unreadable_file_is_down_once_and_retried_with_backoff(reader, events: Events, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
     tries: list[float] = []
 
-    def counting_open(spec: str) -> FrameSource:
+    def counting_open(spec: str, **timeouts: float) -> FrameSource:
         tries.append(time.monotonic())
-        return open_source(spec)
+        return open_source(spec, **timeouts)
 
     monkeypatch.setattr(edged.streams, "open_source", counting_open)
     r = reader("bad", bad, **FAST)
@@ -166,7 +178,7 @@ def test_an_unreadable_file_is_down_once_and_retried_with_backoff(reader, events
 
 
 def test_credentials_stay_out_of_events(reader, events: Events, monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(spec: str) -> FrameSource:
+    def refuse(spec: str, **timeouts: float) -> FrameSource:
         raise SourceError(f"{spec}: cannot open the stream")
 
     monkeypatch.setattr(edged.streams, "open_source", refuse)

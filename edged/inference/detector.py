@@ -132,6 +132,44 @@ def resolve_input_size(info: ModelInfo, wanted: int | Sequence[int] | None = Non
     return DEFAULT_INPUT_SIZE, DEFAULT_INPUT_SIZE
 
 
+class FamilyMismatch(ModelError):
+    """No family decodes the model's output as configured; ``key`` is what to change: ``family`` (the one
+    asked for does not fit), ``labels`` (their count does not), or ``layout`` (no family knows it)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def choose_family(path: Path, output_name: str, shape: Sequence[int], wanted: str, labels: Sequence[str] | None,
+                  hint: str | None) -> Family:
+    """The family that decodes an output of ``shape``: ``wanted``, unless it is ``auto``, else the one the
+    shape, the label count and the model's ``family`` metadata (``hint``) point to. FamilyMismatch says why
+    none does. The one set of rules for Detector and for check-config's preflight."""
+    shape = list(shape)
+    if wanted != "auto":
+        family = get_family(wanted)
+        if not family.matches(tuple(shape), None):
+            raise FamilyMismatch("family", f"{path}: output {output_name} has shape {shape}, which is not the "
+                                           f"{family.name} layout {family.layout}")
+    else:
+        count = len(labels) if labels is not None else None
+        found = detect_family(tuple(shape), count, hint)
+        if found is None and count is not None and (other := detect_family(tuple(shape), None, hint)) is not None:
+            raise FamilyMismatch("labels", f"{path}: output shape {shape} fits {other.name} with "
+                                           f"{other.num_classes(tuple(shape))} classes, but {count} labels are given")
+        if found is None:
+            layouts = ", ".join(f"{f.name} {f.layout}" for f in FAMILIES.values())
+            raise FamilyMismatch("layout", f"{path}: cannot decode output {output_name} of shape {shape}; "
+                                           f"known layouts: {layouts}")
+        family = found
+    expected = family.num_classes(tuple(shape))
+    if expected is not None and labels is not None and len(labels) != expected:
+        raise FamilyMismatch("labels", f"{path}: the {family.name} output has {expected} classes but {len(labels)} "
+                                       f"labels are given")
+    return family
+
+
 def parse_names(value: str) -> list[str] | None:
     """Ultralytics' ``names`` metadata: a Python dict literal ``{0: 'person', ...}`` (or a list)."""
     try:
@@ -228,28 +266,14 @@ class Detector:
         output = self._run(blank)
         log.info("model %s: warm-up inference %.1f ms", self.path.name, (time.perf_counter() - started) * 1000)
         self._output_shape = tuple(output.shape)
-        num_classes = len(self.labels) if self.labels is not None else None
-        if wanted != "auto":
-            family = get_family(wanted)
-            if not family.matches(self._output_shape, None):
-                raise ModelError(f"{self.path}: output {self.output_name} has shape {list(self._output_shape)}, "
-                                 f"which is not the {family.name} layout {family.layout}")
-        else:
-            family = detect_family(self._output_shape, num_classes, self.info.metadata.get("family"))
-            if family is None and num_classes is not None:
-                family = detect_family(self._output_shape, None, self.info.metadata.get("family"))
-                if family is not None:
-                    raise ModelError(f"{self.path}: output shape {list(self._output_shape)} fits {family.name} with "
-                                     f"{family.num_classes(self._output_shape)} classes, but {num_classes} labels are given")
-            if family is None:
-                layouts = ", ".join(f"{f.name} {f.layout}" for f in FAMILIES.values())
-                raise ModelError(f"{self.path}: cannot decode output {self.output_name} of shape "
-                                 f"{list(self._output_shape)}; known layouts: {layouts}")
-        expected = family.num_classes(self._output_shape)
-        if expected is not None and self.labels is not None and len(self.labels) != expected:
-            raise ModelError(f"{self.path}: the {family.name} output has {expected} classes but {len(self.labels)} "
-                             f"labels are given")
-        return family
+        return choose_family(self.path, self.output_name, self._output_shape, wanted, self.labels,
+                             self.info.metadata.get("family"))
+
+    def set_thresholds(self, confidence: float, iou: float, classes: Sequence[str] | None) -> None:
+        """Change what is reported without reloading the model; takes effect from the next frame.
+        An unknown class raises ModelError and changes nothing."""
+        class_filter = self._class_ids(classes) if classes else None
+        self.confidence, self.iou, self.class_filter = confidence, iou, class_filter
 
     def _class_ids(self, classes: Sequence[str]) -> np.ndarray:
         assert self.labels is not None
