@@ -73,7 +73,7 @@ def _encode(payload: Payload) -> bytes:
     return payload.encode() if isinstance(payload, str) else payload
 
 
-def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
+def tls_context(tls: TlsSettings) -> ssl.SSLContext:
     """The TLS context, or ConfigError naming the file that cannot be read or used."""
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, key)
@@ -88,10 +88,12 @@ def _tls_context(tls: TlsSettings) -> ssl.SSLContext:
         raise ConfigError([f"{tls.ca_file}: mqtt.tls.ca_file holds no usable CA certificate ({exc.reason})"]) from None
     if tls.cert_file is not None:
         try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
+            # An empty passphrase: an encrypted key fails here instead of OpenSSL prompting on a terminal.
+            context.load_cert_chain(tls.cert_file, tls.key_file, password=b"")
         except ssl.SSLError as exc:
             raise ConfigError([f"{tls.cert_file}: mqtt.tls.cert_file and key_file ({tls.key_file}) are not a "
-                               f"usable certificate and key ({exc.reason})"]) from None
+                               f"usable certificate and key ({exc.reason or exc}; a key with a passphrase is not "
+                               f"supported)"]) from None
     return context
 
 
@@ -178,7 +180,7 @@ class MqttClient:
         if s.username is not None or secret is not None:
             self._client.username_pw_set(s.username, secret)
         if s.tls.ca_file is not None or s.tls.cert_file is not None:
-            self._client.tls_set_context(_tls_context(s.tls))
+            self._client.tls_set_context(tls_context(s.tls))
         properties = None
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)

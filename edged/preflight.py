@@ -16,7 +16,7 @@ from edged.demo import demo_model_path
 from edged.errors import ModelError
 from edged.inference.detector import (FamilyMismatch, ModelInfo, choose_family, load_labels, parse_names,
                                       read_model_info, resolve_input_size, static_input_size)
-from edged.mqtt import _tls_context
+from edged.mqtt import tls_context
 
 DEFAULT_STRIDE = 32
 _INPUT_TYPES = ("float32", "float16")  # what Detector feeds
@@ -126,7 +126,7 @@ def _check_mqtt_files(mqtt: MqttSettings, problems: Problems) -> None:
             missing = True
     if not missing and (mqtt.tls.ca_file is not None or mqtt.tls.cert_file is not None):
         try:
-            _tls_context(mqtt.tls)
+            tls_context(mqtt.tls)
         except ConfigError as exc:
             problems.extend(("mqtt.tls", line) for line in exc.errors)
     if mqtt.password_file is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -26,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edged.config import MqttSettings, TlsSettings
+from tests.server_process import ServerProcess
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 HOST = "127.0.0.1"
@@ -57,7 +57,7 @@ def make_certificates(folder: Path) -> None:
                  "-days", "2", "-out", f"{name}.crt", "-extfile", f"{name}.ext", cwd=folder)
 
 
-class Broker:
+class Broker(ServerProcess):
     """mosquitto with its own config, log and (optional) password file and certificates, all in ``folder``.
 
     ``persistence=True`` keeps sessions and queued messages across ``restart()`` (mosquitto saves on SIGTERM).
@@ -126,45 +126,6 @@ class Broker:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"mosquitto did not listen on {self.port}:\n{self.log()}") from None
                 time.sleep(0.02)
-
-    def stop(self) -> None:
-        """SIGTERM: clients are disconnected; with persistence, sessions are saved."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)  # in case it is paused
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def kill(self) -> None:
-        """A crash: SIGKILL, nothing saved, connections reset."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def pause(self) -> None:
-        """SIGSTOP: connections stay open, nothing is answered (until ``kill()`` or ``stop()``)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def restart(self) -> None:
-        """Stop, and start again on the same port."""
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def __enter__(self) -> Broker:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "the condition") -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.broker import HOST, free_port
+from tests.server_process import ServerProcess
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER_SCRIPT = Path(__file__).with_name("rtsp_server.py")
@@ -46,7 +46,7 @@ def available() -> bool:
     return not missing()
 
 
-class RtspServer:
+class RtspServer(ServerProcess):
     """gst-rtsp-server serving ``rtsp://127.0.0.1:PORT/cam``: live, ``fps`` frames per second, a keyframe every
     second, one encoder shared by all clients and running whether or not one watches, as a camera does. Its log
     is ``folder/rtsp-server.log``. The port stays the same across ``restart()`` and ``kill()`` + ``start()``."""
@@ -89,51 +89,6 @@ class RtspServer:
                 return connection.recv(64).startswith(b"RTSP/1.0 200")
         except OSError:
             return False
-
-    def stop(self) -> None:
-        """SIGTERM: the server closes its connections and exits."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGCONT)  # in case it is paused
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-            self.process = None
-
-    def kill(self) -> None:
-        """A crash: SIGKILL; the kernel resets the connections and the port refuses new ones."""
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-    def pause(self) -> None:
-        """SIGSTOP, a hung camera: connections stay open and the kernel still accepts new ones
-        (into the listen backlog), but no packet is sent and no request answered."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT after ``pause()``: it serves again (clients that gave up meanwhile must reconnect)."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGCONT)
-
-    def restart(self) -> None:
-        """Stop, and start again on the same port."""
-        self.stop()
-        self.start()
-
-    def log(self) -> str:
-        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-
-    def __enter__(self) -> RtspServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture

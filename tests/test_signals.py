@@ -24,6 +24,16 @@ def handlers_installed(pid: int) -> bool:
     return all(caught >> (sig - 1) & 1 for sig in WATCHED)
 
 
+def send_when(daemon: Daemon, sig: int, when: str | float) -> None:
+    """Send ``sig`` ``when`` seconds after start, or ("handlers") the moment the process catches signals,
+    before numpy, OpenCV or the model load."""
+    if when == "handlers":
+        wait_until(lambda: handlers_installed(daemon.process.pid), timeout=10, what="signal handlers")
+    else:
+        time.sleep(float(when))
+    daemon.send(sig)
+
+
 def start(tmp_path: Path, broker: Broker | None, clip: Path) -> Daemon:
     config = write_config(tmp_path, broker, [{"name": "a", "source": str(clip), "loop": True, "max_fps": 20}])
     return Daemon(config)
@@ -32,15 +42,10 @@ def start(tmp_path: Path, broker: Broker | None, clip: Path) -> Daemon:
 @pytest.mark.parametrize("when", ["handlers", 0.3, 1.0])
 def test_sighup_during_startup_is_honoured_once_up(tmp_path: Path, broker: Broker, looping_clip: Path,
                                                    when: str | float) -> None:
-    """'handlers': the moment the process catches the signals, before numpy, OpenCV or the model load."""
     with Subscriber(broker, f"{P}/#").start() as sub:
         daemon = start(tmp_path, broker, looping_clip)
         try:
-            if when == "handlers":
-                wait_until(lambda: handlers_installed(daemon.process.pid), timeout=10, what="signal handlers")
-            else:
-                time.sleep(float(when))
-            daemon.send(signal.SIGHUP)
+            send_when(daemon, signal.SIGHUP, when)
             sub.wait_for(lambda: events(sub, "config_applied"), timeout=30, what="the reload, once up")
             sub.wait_for(lambda: len(detections(sub, "a")) >= 5, timeout=30, what="detections")
             assert daemon.process.poll() is None
@@ -56,11 +61,7 @@ def test_stop_during_startup_exits_0_promptly(tmp_path: Path, looping_clip: Path
                                               when: str | float) -> None:
     daemon = start(tmp_path, None, looping_clip)  # no broker: start-up goes on regardless
     try:
-        if when == "handlers":
-            wait_until(lambda: handlers_installed(daemon.process.pid), timeout=10, what="signal handlers")
-        else:
-            time.sleep(float(when))
-        daemon.send(sig)
+        send_when(daemon, sig, when)
         assert daemon.process.wait(3) == 0, daemon.log()
     finally:
         daemon.kill()
