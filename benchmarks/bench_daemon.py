@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
-"""The daemon against its quality targets (DESIGN.md part 3), one run each, as ratios where possible.
+"""The daemon against its quality targets (DESIGN.md part 3), as ratios where possible.
 
-- throughput: ``edged run`` on a video file (every frame) over a bare ``session.run`` loop on the same
-  model, threads and frames (bare loops run before and after the daemon; their mean is the reference);
+- throughput: ``edged run`` on a video file (every frame), from its first to its last publish, over
+  two bare loops on the same model, threads and frames (see bench_detect.py): ``session.run`` alone,
+  and decode + preprocess + ``session.run`` + postprocess in one thread. Interleaved rounds, each
+  running the three in rotating order; rounds beside other load are rejected (see rounds.py);
 - latency: capture to subscriber (receive time minus ``ts_capture``), p50 and p99, against the median
   inference time, for a camera-like source (the clip looping in real time, 30 fps and capped at 10 fps);
-- memory: the daemon's resident set size (VmRSS, and its peak VmHWM) while running;
-- start: time from process start to ``READY=1`` on a real notify socket.
+- memory: the daemon's resident set size (VmRSS, and its peak VmHWM) after the file, in each round;
+- start: time from process start to ``READY=1`` on a real notify socket, in each round.
 
-A real Mosquitto runs on a free loopback port (the tests' helper). Run from the repo root:
+A real Mosquitto runs on a free loopback port (the tests' helper); the subscriber runs in this
+process. Exit status 1 when a model has no accepted round. Run from the repo root:
 
-    python benchmarks/bench_daemon.py [--model M] [--frames 300] [--json FILE]
+    python benchmarks/bench_daemon.py [--models M ...] [--frames 200] [--repeats 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +44,13 @@ from edged.inference.session import SessionConfig  # noqa: E402
 from edged.synthetic import write_clip  # noqa: E402
 from tests.broker import Broker, Subscriber  # noqa: E402
 
-from bench_detect import bare_loop, decode_all  # noqa: E402  (this folder is on sys.path when run as a script)
+# This folder is on sys.path when run as a script.
+from bench_detect import baseline_cases  # noqa: E402
+from rounds import LoadMeter, Round, add_options, report, run_rounds, summarize  # noqa: E402
 
 DEVICE = "bench"
+DETECTIONS = f"edged/{DEVICE}/streams/s/detections"  # the only topic subscribed: len(received) counts them
 YOLOV8N = REPO.parent / "shared" / "models" / "yolov8n-640-random.onnx"
-
-
-def bare_fps(model: Path, video: Path, threads: int) -> float:
-    detector = Detector(model, SessionConfig(providers=("cpu",), threads=threads))
-    return bare_loop(detector, [detector.preprocess(image)[0] for image in decode_all(video)[0]])
 
 
 class RunningDaemon:
@@ -75,7 +77,7 @@ class RunningDaemon:
             try:
                 if b"READY=1" in self.notify.recv(4096):
                     return time.monotonic() - self.started
-            except socket.timeout:
+            except TimeoutError:
                 continue
         raise RuntimeError(f"no READY=1 within {timeout} s:\n{self.log_path.read_text()}")
 
@@ -90,53 +92,57 @@ class RunningDaemon:
         self.log.close()
 
 
-def detections(sub: Subscriber) -> list[tuple[float, dict[str, Any]]]:
-    """(receive time, message) for each detections message; receive time in Unix seconds."""
-    return [(m.received_at, m.json()) for m in sub.messages(f"edged/{DEVICE}/streams/s/detections")]
-
-
-def throughput(folder: Path, broker: Broker, model: Path, video: Path, frames: int, threads: int) -> dict[str, Any]:
-    before = bare_fps(model, video, threads)
-    with Subscriber(broker, f"edged/{DEVICE}/#", client_id="bench-tp").start() as sub:
+def edged_run(folder: Path, broker: Broker, model: Path, video: Path, frames: int, threads: int) -> dict[str, Any]:
+    """The daemon on the whole file: frames per second from its first publish (start-up, model load and
+    warm-up, is not throughput), and its READY time and RSS. Each message's JSON is decoded once, at the end."""
+    with Subscriber(broker, DETECTIONS, client_id="bench-tp").start() as sub:
         daemon = RunningDaemon(folder, broker, model, {"source": str(video), "realtime": False}, threads)
-        ready_s = daemon.ready_after_s()
-        sub.wait_for(lambda: len(detections(sub)) >= frames, timeout=600, what="every frame")
-        rss, peak = daemon.rss_mb()
-        daemon.stop()
-    after = bare_fps(model, video, threads)
-    published = [m["ts_publish"] for _, m in detections(sub)]
-    # From the first publish: start-up (model load, warm-up) is not throughput.
-    pipeline = (len(published) - 1) / (published[-1] - published[0])
-    reference = (before + after) / 2
-    return {"bare_fps": round(reference, 2), "bare_fps_before_after": [round(before, 2), round(after, 2)],
-            "daemon_fps": round(pipeline, 2), "ratio": round(pipeline / reference, 3),
-            "ready_s": round(ready_s, 2), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
+        try:
+            ready_s = daemon.ready_after_s()
+            sub.wait_for(lambda: len(sub.received) >= frames, timeout=600, what="every frame")
+            rss, peak = daemon.rss_mb()
+        finally:
+            daemon.stop()
+    published = [m.json()["ts_publish"] for m in sub.messages()]
+    return {"fps": (len(published) - 1) / (published[-1] - published[0]), "ready_s": round(ready_s, 2),
+            "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def latency(folder: Path, broker: Broker, model: Path, video: Path, threads: int, max_fps: float | None,
             seconds: float) -> dict[str, Any]:
     stream = {"source": str(video), "loop": True, "realtime": True, "max_fps": max_fps}
-    with Subscriber(broker, f"edged/{DEVICE}/#", client_id="bench-lat").start() as sub:
+    with Subscriber(broker, DETECTIONS, client_id="bench-lat").start() as sub:
         daemon = RunningDaemon(folder, broker, model, stream, threads)
-        daemon.ready_after_s()
-        time.sleep(2)  # past warm-up
-        skip = len(detections(sub))
-        time.sleep(seconds)
-        daemon.stop()
-    measured = detections(sub)[skip:]
+        try:
+            daemon.ready_after_s()
+            time.sleep(2)  # past warm-up
+            skip = len(sub.messages())
+            with LoadMeter([broker.process.pid, daemon.process.pid]) as meter:
+                time.sleep(seconds)
+        finally:
+            daemon.stop()
+    measured = [(m.received_at, m.json()) for m in sub.messages()[skip:]]
     latencies = np.array([(received - m["ts_capture"]) * 1000 for received, m in measured])
     inference = statistics.median(m["latency_ms"]["inference"] for _, m in measured)
     p50, p99 = np.percentile(latencies, 50), np.percentile(latencies, 99)
     return {"max_fps": max_fps, "messages": len(measured), "inference_ms_p50": round(inference, 2),
             "latency_ms_p50": round(float(p50), 2), "latency_ms_p99": round(float(p99), 2),
-            "p50_minus_inference_ms": round(float(p50) - inference, 2), "p99_over_inference": round(float(p99) / inference, 2)}
+            "p50_minus_inference_ms": round(float(p50) - inference, 2),
+            "p99_over_inference": round(float(p99) / inference, 2), "other_load_cores": round(meter.other_cores, 3)}
+
+
+def daemon_figures(r: Round) -> str:
+    """The round's secondary figures, for its report line."""
+    d = r.results["edged"]
+    return f"READY {d['ready_s']} s, RSS {d['rss_mb']} MB (peak {d['peak_rss_mb']})"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, default=None,
                         help="default: the demo detector, and YOLOv8n from shared/ when present")
-    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--frames", type=int, default=200)
+    add_options(parser)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0, help="latency measurement per case")
     parser.add_argument("--json", type=Path, default=None)
@@ -146,27 +152,34 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = write_clip(folder / "bench.mp4", seed=99, frames=args.frames)
-        with Broker(folder / "broker") as broker, tqdm(total=3 * len(models), unit="case", disable=None) as bar:
+        with Broker(folder / "broker") as broker, \
+                tqdm(total=(3 * args.repeats + 2) * len(models), unit="run", disable=None) as bar:
+            assert broker.process is not None
             for model in models:
-                entry = results[model.name] = {"throughput": throughput(folder, broker, model, video, args.frames,
-                                                                        args.threads)}
-                bar.update()
-                entry["latency"] = []
+                detector = Detector(model, SessionConfig(providers=("cpu",), threads=args.threads))
+                cases = baseline_cases(detector, video) | {
+                    "edged": partial(edged_run, folder, broker, model, video, args.frames, args.threads)}
+                rounds = run_rounds(cases, args.repeats, args.max_other_load, bar, model.name,
+                                    watch=[broker.process.pid])
+                summary = summarize(rounds, args.max_other_load)
+                entry = results[model.name] = {"throughput": summary, "latency": []}
+                entry["report"] = report(rounds, summary, daemon_figures)
                 for cap in (None, 10.0):
+                    bar.set_postfix_str(f"{model.name} latency, max_fps {cap}")
                     entry["latency"].append(latency(folder, broker, model, video, args.threads, cap, args.seconds))
                     bar.update()
     for name, entry in results.items():
-        t = entry["throughput"]
-        print(f"\n{name}: daemon {t['daemon_fps']} fps / bare {t['bare_fps']} fps = {t['ratio']}  "
-              f"(READY after {t['ready_s']} s, RSS {t['rss_mb']} MB, peak {t['peak_rss_mb']} MB)")
+        print(f"\n{name}, throughput (daemon = edged):")
+        print("\n".join(entry.pop("report")))
         for lat in entry["latency"]:
             cap = f"max_fps {lat['max_fps']}" if lat["max_fps"] else "30 fps source"
             print(f"  latency capture->subscriber, {cap}: p50 {lat['latency_ms_p50']} ms, p99 "
                   f"{lat['latency_ms_p99']} ms; inference p50 {lat['inference_ms_p50']} ms "
-                  f"(p50 - inference {lat['p50_minus_inference_ms']} ms, p99 / inference {lat['p99_over_inference']})")
+                  f"(p50 - inference {lat['p50_minus_inference_ms']} ms, p99 / inference "
+                  f"{lat['p99_over_inference']}); other load {lat['other_load_cores']:.2f} cores")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return 0
+    return 0 if all(entry["throughput"]["accepted"] for entry in results.values()) else 1
 
 
 if __name__ == "__main__":
