@@ -113,13 +113,15 @@ def test_late_file_source_comes_up_and_others_keep_running(tmp_path: Path, broke
             daemon.kill()
 
 
-def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize("body, key", [("streams: [{name: a, source: 0, max_fps: fast}]", "streams[0].max_fps"),
+                                       ("model: {path: none.onnx}", "model.path")])  # what check-config checks too
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, body: str, key: str) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("streams: [{name: a, source: 0, max_fps: fast}]\n")
+    path.write_text(body + "\n")
     result = subprocess.run([sys.executable, "-m", "edged", "run", "-c", str(path)], cwd=REPO,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert f"{path}: streams[0].max_fps:" in result.stderr
+    assert f"{path}: {key}:" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_sighup_reload_rejects_a_bad_file_and_applies_a_good_one(tmp_path: Path, broker: Broker,
