@@ -22,6 +22,7 @@ log = logging.getLogger("edged.cli")
 
 EXIT_ERROR = 1
 EXIT_CONFIG = 2  # the contract's exit code for an invalid config
+SENSORS_CPU_WINDOW_S = 0.5
 
 
 def _input_size(text: str) -> int | tuple[int, int]:
@@ -87,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
                                             "error (file, key path, reason) if not.")
     check.add_argument("-c", "--config", type=Path, default=None, help="config file (YAML)")
     check.set_defaults(handler=cmd_check_config)
+
+    sensors = commands.add_parser("sensors", parents=[common], help="the board's sensors, and the level they call for",
+                                  description="Every sensor edged finds on this board (thermal zones, CPU clocks, "
+                                              "memory and its pressure, cgroup limit, Raspberry Pi throttling, "
+                                              "Jetson GPU), with its path and value, then the resource level the "
+                                              "governor would compute from them with this config's thresholds.")
+    sensors.add_argument("-c", "--config", type=Path, default=None, help="config file (YAML)")
+    sensors.add_argument("--json", action="store_true", help="print JSON")
+    sensors.set_defaults(handler=cmd_sensors)
 
     watch = commands.add_parser("watch", parents=[common], help="print a live summary of what devices publish")
     watch.add_argument("--host", default="localhost")
@@ -235,6 +245,35 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     check_runtime(config, str(path) if path else None)  # what run needs: model, labels, TLS and password files
     print(f"# {path or 'bundled demo config'}: valid", file=sys.stderr)
     print(yaml.safe_dump(config.effective(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_sensors(args: argparse.Namespace) -> int:
+    import time
+
+    from edged.resources.governor import level_of
+    from edged.resources.sensors import Sensors
+
+    from edged.config import Config, config_path, load_config
+
+    path = config_path(args.config)
+    settings = (load_config(path) if path else Config()).resources  # no demo config: it would render a clip
+    sensors = Sensors(settings.sysfs_root)
+    time.sleep(SENSORS_CPU_WINDOW_S)  # CPU % is the busy share between two reads
+    sample, found = sensors.read()
+    level, cause, readings = level_of(Sensors.readings(sample), settings)
+    if args.json:
+        print(json.dumps({"sysfs_root": str(settings.sysfs_root), "sensors": [
+            {"sensor": name, "path": path, "value": value} for name, path, value in found],
+            "resources": sample, "level": level, "cause": cause, "readings": readings}, indent=2))
+        return 0
+    root = settings.sysfs_root
+    width = max((len(name) for name, _, _ in found), default=0)
+    for name, path, value in found:
+        print(f"{name:{width}}  {value!s:>12}  {root / path}")
+    if not found:
+        print(f"no sensor found under {root}")
+    print(f"level: {level}" + (f" ({cause}: {json.dumps(readings)})" if cause else ""))
     return 0
 
 

@@ -148,6 +148,7 @@ class ThermalSettings(Section):
     warn_c: float = 70
     critical_c: float = 85
     hysteresis_c: float = Field(5, ge=0)
+    zones: list[str] | None = None  # the thermal zone types that count (None: all of them)
 
     @model_validator(mode="after")
     def _order(self) -> "ThermalSettings":
@@ -159,6 +160,7 @@ class ThermalSettings(Section):
 class MemorySettings(Section):
     warn_available_mb: float = Field(300, ge=0)
     critical_available_mb: float = Field(150, ge=0)
+    psi_warn: float = Field(20, ge=0, le=100)  # PSI memory "some avg10" (%) from which the level is elevated
 
     @model_validator(mode="after")
     def _order(self) -> "MemorySettings":
@@ -170,8 +172,12 @@ class MemorySettings(Section):
 class ResourceSettings(Section):
     interval_s: float = Field(1.0, gt=0)
     sysfs_root: Path = Path("/")
+    cool_down_s: float = Field(30, ge=0)  # the least time at a level before it is left for a lower one
+    step_interval_s: float = Field(10, gt=0)  # the least time between two steps in the same direction
+    min_fps: float = Field(1, gt=0)  # the fps step never caps a live stream below this
     thermal: ThermalSettings = ThermalSettings()
     memory: MemorySettings = MemorySettings()
+    throttling: bool = True  # firmware throttling flags (Raspberry Pi) raise the level to elevated
     steps: list[Literal["fps", "precision", "input_size"]] = Field(
         default_factory=lambda: ["fps", "precision", "input_size"])
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
-from edged.health import RollingWindow, SystemSampler
+from edged.health import RollingWindow
 from edged.inference.detector import DetectionResult, Detector
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.messages import event_message, health_message
@@ -22,6 +22,7 @@ from edged.mqtt import MqttClient
 from edged.pipeline import Pipeline
 from edged.plan import Plan
 from edged.preflight import check_runtime
+from edged.resources.sensors import Sensors
 from edged.signals import SignalLatch
 from edged.sources import Frame
 from edged.streams import OUTAGE_STATES, StreamReader
@@ -154,7 +155,7 @@ class Daemon:
         self.detector: Detector | None = None
         self.ladder: Ladder | None = None  # the governor's steps down, preferred first; read with each session
         self.runners: dict[str, StreamRunner] = {}
-        self.sampler = SystemSampler(config.resources.sysfs_root)
+        self.sampler = Sensors(config.resources.sysfs_root)
         self._next_seq: dict[str, int] = {}  # streams stopped so far: one started again carries on from here
         self._ready = False
         self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
@@ -368,7 +369,7 @@ class Daemon:
         for name in plan.streams_retuned:
             self.runners[name].reader.max_fps = streams[name].max_fps
         if new.resources.sysfs_root != old.resources.sysfs_root:
-            self.sampler = SystemSampler(new.resources.sysfs_root)
+            self.sampler = Sensors(new.resources.sysfs_root)
         log.info("config applied: %s", plan.describe())
         self._event("config_applied", f"{cause}: {plan.describe()}.")
         return True

@@ -1,0 +1,1 @@
+"""The resource manager: sensors read the board, the governor decides a level and the steps to take."""
