@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from dataclasses import replace
 import threading
 import time
 import weakref
@@ -16,13 +17,15 @@ from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
 from edged.health import RollingWindow
 from edged.inference.detector import DetectionResult, Detector
+from edged.bench import Variant
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.messages import event_message, health_message
 from edged.mqtt import MqttClient
 from edged.pipeline import Pipeline
 from edged.plan import Plan
 from edged.preflight import check_runtime
-from edged.resources.sensors import Sensors
+from edged.resources.governor import fps_cap, max_fps_halvings
+from edged.resources.manager import ResourceManager
 from edged.signals import SignalLatch
 from edged.sources import Frame
 from edged.streams import OUTAGE_STATES, StreamReader
@@ -39,6 +42,7 @@ STATUS_EVERY_S = 5.0  # STATUS= at most this often, unless a stream's state chan
 EXTEND_EVERY_S = 10.0  # while a model loads (a TensorRT engine build takes minutes), ask systemd for more time
 EXTEND_BY_S = 30.0
 EXTEND_LIMIT_S = 20 * 60.0  # a build that hangs longer than this still fails the start
+ASSUMED_LIVE_FPS = 30.0  # an uncapped live stream's frame rate, for the number of fps steps down there are
 
 
 def demo_config() -> Config:
@@ -155,7 +159,8 @@ class Daemon:
         self.detector: Detector | None = None
         self.ladder: Ladder | None = None  # the governor's steps down, preferred first; read with each session
         self.runners: dict[str, StreamRunner] = {}
-        self.sampler = Sensors(config.resources.sysfs_root)
+        self.resources: ResourceManager | None = None  # with the first session: it steps through its ladder
+        self._applying = False  # a change is being applied: the resource manager waits
         self._next_seq: dict[str, int] = {}  # streams stopped so far: one started again carries on from here
         self._ready = False
         self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
@@ -199,6 +204,7 @@ class Daemon:
         self._use_detector(detector)
         for settings in self.config.streams:
             self._start_stream(settings)
+        self._start_resources()
         return True
 
     def _housekeeping(self, now: float) -> None:
@@ -206,6 +212,8 @@ class Daemon:
         runners = list(self.runners.values())
         for runner in runners:
             runner.reader.check_stall(now)
+        if self.resources is not None and not self._applying:
+            self.resources.tick(now)
         if not self._ready and all(r.settled.is_set() for r in runners):
             self._ready = True
             self.notifier.ready()
@@ -273,7 +281,6 @@ class Daemon:
         frames in flight are out, nothing refers to it, so its ONNX Runtime session and threads go."""
         replaced = weakref.ref(self.detector) if self.detector is not None else None
         self.detector = detector
-        self._load_ladder()
         for runner in self.runners.values():
             runner.pipeline.detector = detector
         if replaced is None:
@@ -289,16 +296,55 @@ class Daemon:
             release_freed_memory()
             log.info("replaced model session released")
 
-    def _load_ladder(self) -> None:
+    def _start_resources(self) -> None:
+        """(Re)start the resource manager at the top of the ladder of the session that serves now (one built
+        from the config), every stream at its configured frame cap."""
         assert self.detector is not None
         self.ladder = load_ladder(LadderSpec.from_config(self.config), self.detector)
         log.info("%s", self.ladder.summary())
+        settings = self.config.resources
+        caps = [s.max_fps or ASSUMED_LIVE_FPS for s in self.config.streams if self.runners[s.name].reader.realtime]
+        self.set_fps_halvings(0)
+        self.resources = ResourceManager(settings, self.ladder, max_fps_halvings(caps, settings.min_fps), self)
+
+    # The resource manager's actuator: what it asks of the daemon.
+    def set_fps_halvings(self, halvings: int) -> None:
+        for runner in self.runners.values():
+            self._cap(runner, halvings)
+
+    def build_session(self, variant: Variant) -> Detector:
+        model = self.config.model
+        session = replace(self.config.session_config(), providers=(variant.provider,), precision=variant.precision)
+        return Detector(variant.model, session, family=model.family, labels=model.labels,
+                        input_size=variant.input_size, confidence=model.confidence, iou=model.iou,
+                        classes=model.classes)
+
+    def swap_session(self, detector: Detector) -> None:
+        self._use_detector(detector)
+
+    def event(self, kind: str, detail: str, **fields: Any) -> None:
+        self._event(kind, detail, **fields)
+
+    def _cap(self, runner: StreamRunner, halvings: int) -> None:
+        """A live stream's frame cap after ``halvings`` fps steps: its configured cap (else the rate its
+        source delivers) halved, never below ``resources.min_fps``. Files are left alone: every frame of
+        a file is wanted."""
+        if not runner.reader.realtime:
+            return
+        configured = runner.settings.max_fps
+        if halvings == 0:
+            runner.reader.max_fps = configured
+            return
+        base = configured or round(runner.reader.fps_in) or ASSUMED_LIVE_FPS
+        runner.reader.max_fps = fps_cap(base, halvings, self.config.resources.min_fps)
 
     def _start_stream(self, settings: StreamSettings) -> None:
         assert self.detector is not None
         self.runners[settings.name] = runner = StreamRunner(
             settings, self.detector, lambda: self.mqtt, self.device_id, self._next_seq.get(settings.name, 0),
             self._on_stream_state)
+        if self.resources is not None:
+            self._cap(runner, self.resources.governor.fps_halvings)
         runner.start()
 
     def _stop_streams(self, names: list[str]) -> None:
@@ -339,13 +385,23 @@ class Daemon:
         """Change the running daemon into ``new``, touching only what ``Plan.between`` says changed.
 
         What can fail (loading a new model, thresholds naming unknown classes) runs first, before anything
-        running is touched: a failure rejects the change and the running config stays whole.
+        running is touched: a failure rejects the change and the running config stays whole. The resource
+        manager waits meanwhile; a new session or new resource settings start it again from the top.
         """
+        self._applying = True
+        try:
+            return self._apply(new, cause)
+        finally:
+            self._applying = False
+
+    def _apply(self, new: Config, cause: str) -> bool:
         plan = Plan.between(self.config, new)
+        restart_resources = plan.rebuild_session or bool({"resources", "remote_config"} & set(plan.in_place))
+        stepped_down = self.resources is not None and self.resources.serving != 0
         detector = self.detector
         assert detector is not None and self.mqtt is not None
         try:
-            if plan.rebuild_session:
+            if plan.rebuild_session or (restart_resources and stepped_down):  # back to the config's own model
                 detector = self._load_detector(new, starting=False)
                 if detector is None:  # stopping
                     return False
@@ -357,19 +413,19 @@ class Daemon:
         if plan.reconnect_mqtt and (problem := self._reconnect(new)):
             self._reject(f"{cause}: its MQTT settings could not be used", [problem])
             return False
-        old, self.config = self.config, new
+        self.config = new
         self._stop_streams(list(plan.streams_removed + plan.streams_restarted))
         if detector is not self.detector:
             self._use_detector(detector)
-        elif {"resources", "remote_config"} & set(plan.in_place):  # the ladder's steps or its folder
-            self._load_ladder()
         streams = {s.name: s for s in new.streams}
         for name in plan.streams_restarted + plan.streams_added:
             self._start_stream(streams[name])
+        if restart_resources:
+            self._start_resources()
         for name in plan.streams_retuned:
-            self.runners[name].reader.max_fps = streams[name].max_fps
-        if new.resources.sysfs_root != old.resources.sysfs_root:
-            self.sampler = Sensors(new.resources.sysfs_root)
+            runner = self.runners[name]
+            runner.settings = streams[name]
+            self._cap(runner, self.resources.governor.fps_halvings if self.resources else 0)
         log.info("config applied: %s", plan.describe())
         self._event("config_applied", f"{cause}: {plan.describe()}.")
         return True
@@ -420,8 +476,8 @@ class Daemon:
             streams={r.name: r.health() for r in runners},
             inference={"provider": self.detector.provider, "precision": self.detector.precision,
                        "input_size": list(self.detector.input_size), "ms_p50": _round(inference.percentile(50))},
-            resources=self.sampler.sample(),
-            resource_manager={"level": "normal", "active_steps": []},
+            resources=self.resources.sample if self.resources else {},
+            resource_manager=self.resources.state() if self.resources else {"level": "normal", "active_steps": []},
             mqtt=self.mqtt.stats(),
         )
         self.mqtt.set_retained(self.mqtt.topic("health"), message)
