@@ -38,7 +38,10 @@ def kinds(sub: Subscriber) -> list[dict[str, Any]]:
     return [e for e in events(sub) if e["kind"] in ("level_changed", "step_down", "step_up", "model_switched")]
 
 
-def run(tmp_path: Path, broker: Broker, clip: Path, heat: Any, cool: Any) -> tuple[Subscriber, Daemon, float]:
+def run(tmp_path: Path, broker: Broker, clip: Path, heat: Any, cool: Any,
+        escalate: Any = None) -> tuple[Subscriber, Daemon, float]:
+    """Heat (three steps down seen), then ``escalate`` to critical if given (the lowest rung seen), then cool
+    until every step is undone; the subscriber, the stopped daemon, and the time to the first step."""
     root = tmp_path / "sysfs"
     board(root, 50)
     streams = [{"name": "cam", "source": str(clip), "loop": True, "realtime": True, "max_fps": 8}]
@@ -55,17 +58,29 @@ def run(tmp_path: Path, broker: Broker, clip: Path, heat: Any, cool: Any) -> tup
         sub.wait_for(lambda: len([e for e in events(sub, "step_down")]) >= 3, timeout=15, what="three steps down")
         sub.wait_for(lambda: detections(sub, "cam")[-1]["model"]["input_size"] != [416, 416], timeout=15,
                      what="detections from a smaller input size")
+        if escalate is not None:
+            escalate(root)
+            sub.wait_for(lambda: detections(sub, "cam")[-1]["model"]["input_size"] == [192, 192], timeout=15,
+                         what="detections from the lowest rung")
         cool(root)
         sub.wait_for(lambda: [e for e in events(sub, "level_changed") if e["to"] == "normal"], timeout=15,
                      what="back to normal")
-        sub.wait_for(lambda: len(events(sub, "step_up")) == len(events(sub, "step_down"))
-                     and detections(sub, "cam")[-1]["model"]["precision"] == "fp32", timeout=20,
+        sub.wait_for(lambda: sub.messages(f"{P}/health")[-1].json()["resource_manager"]["active_steps"] == []
+                     and detections(sub, "cam")[-1]["model"]["precision"] == "fp32", timeout=30,
                      what="every step back up, to fp32")
         assert daemon.stop() == 0, daemon.log()
     finally:
         daemon.kill()
         sub.stop()
     return sub, daemon, first_step
+
+
+def _moves(event: dict[str, Any]) -> int:
+    """How many single steps a step event covers (critical jumps several at once)."""
+    if event["step"] == "fps":
+        return round(np.log2(event["from"] / event["to"]))
+    rungs = ["fp32@416", "int8@416", "int8@320", "int8@192"]  # the demo detector's default ladder
+    return rungs.index(event["to"]) - rungs.index(event["from"])
 
 
 def check_common(sub: Subscriber) -> None:
@@ -82,7 +97,7 @@ def check_common(sub: Subscriber) -> None:
 def test_heat_steps_down_in_order_and_cooling_steps_back_up(tmp_path: Path, broker: Broker,
                                                             looping_clip: Path) -> None:
     sub, daemon, first_step = run(tmp_path, broker, looping_clip, heat=lambda root: board(root, 75),
-                                  cool=lambda root: board(root, 40))
+                                  escalate=lambda root: board(root, 90), cool=lambda root: board(root, 40))
     check_common(sub)
     found = kinds(sub)
     downs = [e["step"] for e in found if e["kind"] == "step_down"]
@@ -92,12 +107,15 @@ def test_heat_steps_down_in_order_and_cooling_steps_back_up(tmp_path: Path, brok
     assert level["readings"]["temperature_c"] == 75.0
     switched = [e for e in found if e["kind"] == "model_switched"]
     assert (switched[0]["from"], switched[0]["to"]) == ("fp32@416", "int8@416")
+    levels = [(e["from"], e["to"]) for e in found if e["kind"] == "level_changed"]
+    assert levels[:2] == [("normal", "elevated"), ("elevated", "critical")] and levels[-1][1] == "normal", levels
+    taken = [step for e in found if e["kind"] == "step_down" for step in [e["step"]] * abs(_moves(e))]
     ups = [e["step"] for e in found if e["kind"] == "step_up"]
-    assert ups == list(reversed(downs)), (downs, ups)  # the steps taken, undone in reverse order
+    assert ups == list(reversed(taken)), (taken, ups)  # the steps taken, undone one at a time in reverse order
     messages = detections(sub, "cam")
     first_int8 = next(i for i, m in enumerate(messages) if m["model"]["precision"] == "int8")
     assert messages[first_int8]["model"]["input_size"] == [416, 416]
-    assert [416, 416] != messages[-1]["model"]["input_size"] or messages[-1]["model"]["precision"] == "fp32"
+    assert (messages[-1]["model"]["precision"], messages[-1]["model"]["input_size"]) == ("fp32", [416, 416])
     stepped, restored = events(sub, "step_down")[0]["ts"], events(sub, "step_up")[-1]["ts"]
     before = [m["ts_capture"] for m in messages if m["ts_capture"] < stepped]
     during = [m["ts_capture"] for m in messages if stepped + 0.3 < m["ts_capture"] < restored]
