@@ -25,7 +25,7 @@ from edged.pipeline import Pipeline
 from edged.plan import Plan
 from edged.preflight import check_runtime
 from edged.resources.governor import fps_cap, max_fps_halvings
-from edged.resources.manager import ResourceManager
+from edged.resources.manager import SHED_DETECTIONS, ResourceManager
 from edged.signals import SignalLatch
 from edged.sources import Frame
 from edged.streams import OUTAGE_STATES, StreamReader
@@ -305,6 +305,7 @@ class Daemon:
         settings = self.config.resources
         caps = [s.max_fps or ASSUMED_LIVE_FPS for s in self.config.streams if self.runners[s.name].reader.realtime]
         self.set_fps_halvings(0)
+        self.shed_memory(False)
         self.resources = ResourceManager(settings, self.ladder, max_fps_halvings(caps, settings.min_fps), self)
 
     # The resource manager's actuator: what it asks of the daemon.
@@ -321,6 +322,12 @@ class Daemon:
 
     def swap_session(self, detector: Detector) -> None:
         self._use_detector(detector)
+
+    def shed_memory(self, shedding: bool) -> None:
+        assert self.mqtt is not None
+        self.mqtt.limit_droppable(SHED_DETECTIONS if shedding else None)
+        for runner in self.runners.values():
+            runner.reader.shed_memory(shedding)
 
     def event(self, kind: str, detail: str, **fields: Any) -> None:
         self._event(kind, detail, **fields)
@@ -345,6 +352,7 @@ class Daemon:
             self._on_stream_state)
         if self.resources is not None:
             self._cap(runner, self.resources.governor.fps_halvings)
+            runner.reader.shed_memory(self.resources.shedding)
         runner.start()
 
     def _stop_streams(self, names: list[str]) -> None:
@@ -444,6 +452,8 @@ class Daemon:
             return str(exc)
         for runner in self.runners.values():
             runner.pipeline.device_id = new.device_id
+        if self.resources is not None and self.resources.shedding:
+            self.mqtt.limit_droppable(SHED_DETECTIONS)
         return None
 
     def _reject(self, why: str, errors: list[str]) -> None:

@@ -117,6 +117,7 @@ class MqttClient:
         # been handed and not yet acknowledged, by message id.
         self._kept: deque[_Message] = deque()
         self._droppable: deque[_Message] = deque()
+        self._droppable_limit: int | None = None  # under memory pressure, the most detections held queued
         self._inflight: dict[int, _Message] = {}
         self._seq = itertools.count()
         self._handing = 0  # taken from the deques by the sender, not yet in _inflight
@@ -246,6 +247,14 @@ class MqttClient:
             if self._up:
                 self._enqueue(topic, data, self.settings.qos, True, False)
 
+    def limit_droppable(self, limit: int | None) -> None:
+        """Hold at most ``limit`` droppable messages (detections) queued from now on, the oldest dropped first
+        and counted in ``dropped``; None: ``queue_limit`` alone bounds them again. The resource manager's
+        way to shed memory under memory pressure while the broker is away."""
+        with self._cond:
+            self._droppable_limit = limit
+            self._shed()
+
     def subscribe(self, topic_filter: str, callback: MessageCallback) -> None:
         """Call ``callback(topic, payload, retained, user_properties)`` for each message matching the filter.
 
@@ -296,7 +305,16 @@ class MqttClient:
             victims.popleft()
         (self._droppable if droppable else self._kept).append(
             _Message(next(self._seq), topic, data, qos, retain, droppable))
+        if droppable:
+            self._shed()
         self._cond.notify_all()
+
+    def _shed(self) -> None:
+        """Drop the oldest queued droppable messages beyond ``_droppable_limit``, counting them."""
+        limit = self._droppable_limit
+        while limit is not None and len(self._droppable) > limit:
+            self._droppable.popleft()
+            self._dropped += 1
 
     def _next(self) -> _Message:
         kept, droppable = self._kept, self._droppable

@@ -92,6 +92,12 @@ class _Handoff:
             self._cond.notify_all()
             return overwritten
 
+    def resize(self, capacity: int) -> None:
+        """A new capacity, from the next frame on (frames already queued stay)."""
+        with self._cond:
+            self._capacity = capacity
+            self._cond.notify_all()
+
     def get(self) -> Frame | None:
         """The next frame, waiting for one; None once stopped, or finished and drained."""
         with self._cond:
@@ -212,6 +218,12 @@ class StreamReader:
         """``request_stop()``, then ``join()`` (``JOIN_TIMEOUT_S`` at most)."""
         self.request_stop()
         self.join()
+
+    def shed_memory(self, shedding: bool) -> None:
+        """Under memory pressure a file is decoded at most one frame ahead of the consumer (instead of
+        ``FILE_QUEUE_DEPTH``); live streams hold one frame anyway."""
+        if not self.realtime:
+            self._handoff.resize(1 if shedding else FILE_QUEUE_DEPTH)
 
     def check_stall(self, now: float | None = None) -> None:
         """Mark the stream stalled when a read has been blocked for more than ``stall_s`` (plus a grace

@@ -233,6 +233,23 @@ def test_full_outbox_drops_oldest_detections_first_and_counts(tmp_path: Path) ->
         assert numbers(sub) == [9, 11, 13, *range(14, 21)]
 
 
+def test_under_memory_pressure_fewer_detections_are_held_and_the_drops_counted(tmp_path: Path) -> None:
+    with down_broker_with_session(tmp_path) as (broker, sub), running(broker.settings(queue_limit=100)) as client:
+        detections, events = client.topic("streams/front/detections"), client.topic("events")
+        for i in range(20):  # even: detections (droppable); odd: events
+            client.publish(detections if i % 2 == 0 else events, {"i": i}, droppable=i % 2 == 0)
+        client.limit_droppable(3)  # detections 0 to 12 go, the events stay
+        assert (client.queue_depth, client.dropped) == (13, 7)
+        client.publish(detections, {"i": 20}, droppable=True)  # and 14 goes
+        assert (client.queue_depth, client.dropped) == (13, 8)
+        client.limit_droppable(None)
+        client.publish(detections, {"i": 22}, droppable=True)
+        assert (client.queue_depth, client.dropped) == (14, 8)
+        broker.start()
+        sub.wait_for(lambda: len(numbers(sub)) >= 14, what="the 14 kept messages")
+        assert numbers(sub) == [1, 3, 5, 7, 9, 11, 13, 15, 16, 17, 18, 19, 20, 22]
+
+
 def test_retained_state_and_subscriptions_are_renewed_after_a_broker_restart(tmp_path: Path) -> None:
     received: list[tuple[str, bytes, bool, dict[str, str]]] = []
     with Broker(tmp_path) as broker, running(broker.settings()) as client:  # no persistence: restart forgets all

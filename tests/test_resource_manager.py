@@ -139,6 +139,9 @@ def test_critical_goes_straight_to_the_bottom_and_memory_counts_too(tmp_path: Pa
     assert (level["to"], level["cause"]) == ("critical", "memory")
     switched = [e for e in kinds(sub) if e["kind"] == "model_switched"]
     assert switched[0]["to"] == "int8@192", switched  # the lowest rung at once
+    shedding = [m.json()["resource_manager"]["shedding_memory"] for m in sub.messages(f"{P}/health")]
+    assert True in shedding and shedding[-1] is False, shedding  # memory shed while short, not after
+    assert "memory pressure: shedding memory" in daemon.log()
 
 
 def test_a_rung_that_cannot_be_built_leaves_the_session_serving(tmp_path: Path, broker: Broker,

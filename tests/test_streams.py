@@ -147,6 +147,21 @@ def test_a_file_that_appears_after_start_goes_down_then_up(reader, events: Event
     assert events.states("late") == ["down", "up", "down"]
 
 
+def test_shedding_memory_keeps_a_file_one_frame_ahead(reader, clip: Path) -> None:
+    """Unconsumed, a file reader decodes FILE_QUEUE_DEPTH frames ahead (and holds one more in hand); under
+    memory pressure one; frames() still hands over every frame, in order."""
+    r = reader("file", clip)
+    assert wait_for(lambda: r.frames_in == edged.streams.FILE_QUEUE_DEPTH + 1)
+    frames = r.frames()
+    r.shed_memory(True)
+    first = [next(frames).frame_id for _ in range(edged.streams.FILE_QUEUE_DEPTH + 1)]
+    assert wait_for(lambda: r.frames_in == len(first) + 2)
+    time.sleep(0.2)
+    assert r.frames_in == len(first) + 2  # one queued, one in hand: no further
+    r.shed_memory(False)
+    assert first + [f.frame_id for f in frames] == list(range(FRAMES))
+
+
 def test_a_source_that_comes_back_is_reopened_at_once_not_at_the_end_of_the_backoff(
         reader, events: Events, tmp_path: Path) -> None:
     """While it waits to retry, the reader probes the source (here: does the file exist?)."""

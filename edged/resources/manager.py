@@ -20,6 +20,9 @@ from edged.resources.sensors import Sensors
 
 log = logging.getLogger("edged.resources")
 
+MEMORY_CAUSES = ("memory", "psi")
+SHED_DETECTIONS = 100  # detections messages held queued for a broker away, under memory pressure (else queue_limit)
+
 
 class Actuator(Protocol):
     """What the manager asks of the daemon."""
@@ -32,6 +35,9 @@ class Actuator(Protocol):
 
     def swap_session(self, detector: Detector) -> None:
         """Make ``detector`` the one every stream uses from its next frame, and free the one it replaces."""
+
+    def shed_memory(self, shedding: bool) -> None:
+        """Under memory pressure (or no longer): shorter frame queues, fewer detections held for a broker away."""
 
     def event(self, kind: str, detail: str, **fields: Any) -> None:
         """Publish an event on ``P/events``."""
@@ -49,6 +55,7 @@ class ResourceManager:
         self.governor = Governor(settings, ladder.steps, max_fps_halvings)
         self.sample: dict[str, Any] = self.sensors.sample()
         self.serving = 0  # the rung whose session serves now
+        self.shedding = False  # memory pressure: queues held short
         self._next_read = 0.0
         self._building: tuple[int, threading.Thread, list[Detector | BaseException]] | None = None
         self._failed: int | None = None  # a rung whose session could not be built: not tried again until left
@@ -67,13 +74,20 @@ class ResourceManager:
             self._start_build(wanted)
 
     def state(self) -> dict[str, Any]:
-        return {**self.governor.state(), "serving": self._label(self.serving)}
+        return {**self.governor.state(), "serving": self._label(self.serving), "shedding_memory": self.shedding}
 
     def _label(self, rung: int) -> str | None:
         return self.ladder.steps[rung].variant.label if self.ladder.steps else None
 
     def _announce(self, decision: LevelChanged | StepChange) -> None:
         if isinstance(decision, LevelChanged):
+            shedding = decision.to != "normal" and decision.cause in MEMORY_CAUSES
+            if shedding != self.shedding:
+                self.shedding = shedding
+                log.log(logging.WARNING if shedding else logging.INFO, "memory pressure: %s",
+                        "shedding memory (file queues of 1 frame, at most %d detections queued)" % SHED_DETECTIONS
+                        if shedding else "no longer shedding memory")
+                self.actuator.shed_memory(shedding)
             why = f" ({decision.cause}: {decision.readings})" if decision.cause else ""
             rising = LEVELS.index(decision.to) > LEVELS.index(decision.from_)
             log.log(logging.WARNING if rising else logging.INFO, "level %s -> %s%s", decision.from_, decision.to,
