@@ -74,7 +74,8 @@ def test_twenty_reloads_rebuild_only_what_changed_and_release_it(tmp_path: Path,
     assert daemon.log().count("replaced model session released") == 21
     print(f"RSS {rss_start:.1f}, after the first reload {rss_before:.1f}, after 20 more {rss_after:.1f} MB; "
           f"threads {threads_start}, {threads_before}, {threads_after}")
-    assert rss_after - rss_before < 8, f"RSS {rss_before:.1f} -> {rss_after:.1f} MB after 20 reloads"
+    # Leaking, 20 reloads added 105 MB (5 per reload); released, 1 to 8 MB of noise remain (heap, queues).
+    assert rss_after - rss_before < 12, f"RSS {rss_before:.1f} -> {rss_after:.1f} MB after 20 reloads"
     assert threads_after - threads_before <= 2, f"threads {threads_before} -> {threads_after}"
     a, b = detections(sub, "a"), detections(sub, "b")
     assert_contiguous([m["seq"] for m in a], "stream a's seq")
