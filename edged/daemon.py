@@ -50,10 +50,17 @@ def demo_config() -> Config:
     return Config(streams=[StreamSettings(name="demo", source=str(demo_clip_path()), loop=True, realtime=True)])
 
 
-def make_detector(config: Config) -> Detector:
+def make_detector(config: Config, variant: Variant | None = None) -> Detector:
+    """The config's model, or (``variant``) a rung of its ladder: another file, provider, precision or input
+    size, with the config's family, labels and thresholds."""
     model = config.model
-    return Detector(model.path or demo_model_path(), config.session_config(), family=model.family, labels=model.labels,
-                    input_size=model.input_size, confidence=model.confidence, iou=model.iou, classes=model.classes)
+    session = config.session_config()
+    path, input_size = model.path or demo_model_path(), model.input_size
+    if variant is not None:
+        session = replace(session, providers=(variant.provider,), precision=variant.precision)
+        path, input_size = variant.model, variant.input_size
+    return Detector(path, session, family=model.family, labels=model.labels, input_size=input_size,
+                    confidence=model.confidence, iou=model.iou, classes=model.classes)
 
 
 class MqttSink:
@@ -314,11 +321,7 @@ class Daemon:
             self._cap(runner, halvings)
 
     def build_session(self, variant: Variant) -> Detector:
-        model = self.config.model
-        session = replace(self.config.session_config(), providers=(variant.provider,), precision=variant.precision)
-        return Detector(variant.model, session, family=model.family, labels=model.labels,
-                        input_size=variant.input_size, confidence=model.confidence, iou=model.iou,
-                        classes=model.classes)
+        return make_detector(self.config, variant)
 
     def swap_session(self, detector: Detector) -> None:
         self._use_detector(detector)
