@@ -129,6 +129,11 @@ class StreamRunner:
                 log.exception("stream %s: pipeline failed; restarting it", self.name)
                 time.sleep(1.0)
 
+    def shed_memory(self, shedding: bool) -> None:
+        """Hold fewer decoded frames while memory is short: in the reader's queue and between the stages."""
+        self.reader.shed_memory(shedding)
+        self.pipeline.shed_memory(shedding)
+
     def request_stop(self) -> None:
         """Stop reading; the frames in flight still finish and publish (``join`` waits for them)."""
         self._stopping = True
@@ -330,7 +335,7 @@ class Daemon:
         assert self.mqtt is not None
         self.mqtt.limit_droppable(SHED_DETECTIONS if shedding else None)
         for runner in self.runners.values():
-            runner.reader.shed_memory(shedding)
+            runner.shed_memory(shedding)
 
     def event(self, kind: str, detail: str, **fields: Any) -> None:
         self._event(kind, detail, **fields)
@@ -355,7 +360,7 @@ class Daemon:
             self._on_stream_state)
         if self.resources is not None:
             self._cap(runner, self.resources.governor.fps_halvings)
-            runner.reader.shed_memory(self.resources.shedding)
+            runner.shed_memory(self.resources.shedding)
         runner.start()
 
     def _stop_streams(self, names: list[str]) -> None:

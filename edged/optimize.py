@@ -212,17 +212,24 @@ def _matched_ious(ours: Sequence[Detection], theirs: Sequence[Detection]) -> lis
     return matched
 
 
-def median_latency_ms(detectors: Sequence[Detector], image: np.ndarray, runs: int = 50) -> list[float]:
-    """Median inference time of each detector on ``image``; runs interleave, so load on the machine hits all alike."""
+def median_latency_ms(detectors: Sequence[Detector], image: np.ndarray, runs: int = 50,
+                      block: int = 10) -> list[float]:
+    """Median inference time of each detector on ``image``.
+
+    The detectors take turns in blocks of ``block`` runs, so load on the machine hits all alike. Not
+    run by run: ONNX Runtime's pool threads spin for a while after each run, and taking turns run by
+    run let one session's spinning threads steal the cores from the next (with two cores, the demo's
+    fp32 measured 26 ms instead of 12, and int8 looked 1.9x faster when it was 1.1x).
+    """
     blobs = [detector.preprocess(image)[0] for detector in detectors]
     times: list[list[float]] = [[] for _ in detectors]
-    for detector, blob in zip(detectors, blobs):
-        detector.infer(blob)  # warm-up
-    for _ in range(runs):
+    for start in range(0, runs, block):
         for detector, blob, series in zip(detectors, blobs, times):
-            start = time.perf_counter()
-            detector.infer(blob)
-            series.append((time.perf_counter() - start) * 1000)
+            detector.infer(blob)  # untimed: warms up, and lets the previous session's threads go idle
+            for _ in range(min(block, runs - start)):
+                began = time.perf_counter()
+                detector.infer(blob)
+                series.append((time.perf_counter() - began) * 1000)
     return [statistics.median(series) for series in times]
 
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from edged.handoff import Handoff
 from edged.inference.detector import DetectionResult, Detector
 from edged.inference.preprocess import Letterbox
 from edged.messages import detections_message, model_descriptor
@@ -23,6 +23,7 @@ from edged.sources import Frame
 log = logging.getLogger("edged.pipeline")
 
 STAGE_DEPTH = 4  # items a stage may run ahead of the next one
+SHED_STAGE_DEPTH = 1  # the same under memory pressure
 T = TypeVar("T")
 
 
@@ -55,51 +56,40 @@ class _Failure:
     error: BaseException
 
 
-_END = object()
-
-
-def in_background(items: Iterable[T], name: str, depth: int = STAGE_DEPTH) -> Iterator[T]:
-    """Iterate ``items`` in a helper thread, up to ``depth`` items ahead of the consumer.
+def in_background(items: Iterable[T], name: str, handoff: Handoff[Any] | None = None) -> Iterator[T]:
+    """Iterate ``items`` in a helper thread, up to ``handoff``'s capacity (``STAGE_DEPTH`` by default)
+    ahead of the consumer.
 
     Exceptions raised while producing reach the consumer; closing the returned iterator
     stops the helper and closes ``items``. Stages chain: each runs in its own thread,
     which pays off because OpenCV and ONNX Runtime release the GIL.
     """
-    handoff: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    queued: Handoff[Any] = handoff if handoff is not None else Handoff(STAGE_DEPTH)
 
     def produce() -> None:
         iterator = iter(items)
         try:
             for item in iterator:
-                if not put(item):
+                queued.put(item)
+                if queued.stopped:
                     return
         except BaseException as exc:  # handed over; the consumer raises it
-            put(_Failure(exc))
+            queued.put(_Failure(exc))
         finally:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-            put(_END)
+            queued.finish()
 
     worker = threading.Thread(target=produce, name=name, daemon=True)
     worker.start()
     try:
-        while (item := handoff.get()) is not _END:
+        while (item := queued.get()) is not None:
             if isinstance(item, _Failure):
                 raise item.error
             yield item
     finally:
-        stop.set()
+        queued.stop()
         worker.join(timeout=5)  # a blocked camera read must not hold up the exit
 
 
@@ -113,6 +103,15 @@ class Pipeline:
         self.sinks = list(sinks)
         self.device_id = device_id
         self.seq = seq  # the next detections message's seq: a restarted stream carries on from its last one
+        self._stage_depth = STAGE_DEPTH
+        self._stages: list[Handoff[Any]] = []  # the running overlapped stages' queues
+
+    def shed_memory(self, shedding: bool) -> None:
+        """Under memory pressure each overlapped stage runs at most one frame ahead of the next (instead of
+        ``STAGE_DEPTH``), from the next frame on: each queued item holds a decoded frame and its blob."""
+        self._stage_depth = SHED_STAGE_DEPTH if shedding else STAGE_DEPTH
+        for stage in self._stages:
+            stage.resize(self._stage_depth)
 
     def publish(self, frame: Frame, result: DetectionResult, model: dict[str, Any]) -> dict[str, Any]:
         """Number the message, hand it to every sink; ``model`` is the ``model_descriptor`` of the detector
@@ -136,8 +135,11 @@ class Pipeline:
         if max_frames is not None:
             frames = (frame for frame, _ in zip(frames, range(max_frames)))
         if overlap:
-            prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}")
-            inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}")
+            self._stages = [Handoff(self._stage_depth), Handoff(self._stage_depth)]
+            prepared = in_background((self._preprocess(f) for f in frames), f"preprocess-{self.stream}",
+                                     self._stages[0])
+            inferred = in_background((self._infer(item) for item in prepared), f"inference-{self.stream}",
+                                     self._stages[1])
             results: Iterator[tuple[Frame, DetectionResult, dict[str, Any]]] = (
                 self._postprocess(item) for item in inferred)
         else:
@@ -151,6 +153,7 @@ class Pipeline:
         finally:
             if inferred is not None:
                 inferred.close()
+            self._stages = []
             stats.seconds = time.perf_counter() - started
             for sink in self.sinks:
                 sink.close()

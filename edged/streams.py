@@ -30,11 +30,11 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from typing import Any, Callable, Iterator
 
 import cv2
 
+from edged.handoff import Handoff
 from edged.health import RollingWindow
 from edged.sources import CaptureSource, Frame, open_source, redact, source_kind, source_reachable
 
@@ -64,61 +64,6 @@ def backoff_delays(initial_s: float, max_s: float) -> Iterator[float]:
     while True:
         yield delay
         delay = min(delay * 2, max_s)
-
-
-class _Handoff:
-    """Frames from the capture thread to one consumer: a slot where the newest frame wins
-    (``overwrite``), or a bounded queue that makes the reader wait."""
-
-    def __init__(self, capacity: int, overwrite: bool):
-        self._frames: deque[Frame] = deque()
-        self._capacity = capacity
-        self._overwrite = overwrite
-        self._cond = threading.Condition()
-        self._finished = False  # no more frames will come: drain, then end
-        self._stopped = False  # end now; frames not taken are discarded
-
-    def put(self, frame: Frame) -> bool:
-        """Hand ``frame`` over; True if that overwrote a frame the consumer never took."""
-        with self._cond:
-            while not self._overwrite and len(self._frames) >= self._capacity and not self._stopped:
-                self._cond.wait()
-            if self._stopped:
-                return False
-            overwritten = len(self._frames) >= self._capacity
-            if overwritten:
-                self._frames.popleft()
-            self._frames.append(frame)
-            self._cond.notify_all()
-            return overwritten
-
-    def resize(self, capacity: int) -> None:
-        """A new capacity, from the next frame on (frames already queued stay)."""
-        with self._cond:
-            self._capacity = capacity
-            self._cond.notify_all()
-
-    def get(self) -> Frame | None:
-        """The next frame, waiting for one; None once stopped, or finished and drained."""
-        with self._cond:
-            while not self._frames and not self._finished and not self._stopped:
-                self._cond.wait()
-            if self._stopped or not self._frames:
-                return None
-            frame = self._frames.popleft()
-            self._cond.notify_all()
-            return frame
-
-    def finish(self) -> None:
-        with self._cond:
-            self._finished = True
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._frames.clear()
-            self._cond.notify_all()
 
 
 class StreamReader:
@@ -153,7 +98,8 @@ class StreamReader:
         self._attempts = 0  # failed retries in the current outage
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._handoff = _Handoff(1, overwrite=True) if self.realtime else _Handoff(FILE_QUEUE_DEPTH, overwrite=False)
+        self._handoff: Handoff[Frame] = (Handoff(1, overwrite=True) if self.realtime
+                                         else Handoff(FILE_QUEUE_DEPTH))
         self._rate_in = RollingWindow(RATE_WINDOW_S)
         self._rate_out = RollingWindow(RATE_WINDOW_S)
         self._next_id = 0

@@ -11,13 +11,14 @@ import pytest
 
 from edged.errors import SourceError
 from edged.inference.detector import Detector
-from edged.pipeline import Pipeline, in_background
+from edged.handoff import Handoff
+from edged.pipeline import STAGE_DEPTH, Pipeline, in_background
 from edged.sources import Frame
 from tests.conftest import DEMO_MODEL
 
 
 def test_in_background_keeps_order_and_finishes() -> None:
-    assert list(in_background(iter(range(100)), "test", depth=3)) == list(range(100))
+    assert list(in_background(iter(range(100)), "test", Handoff(3))) == list(range(100))
 
 
 def test_in_background_raises_the_producers_error_after_its_items() -> None:
@@ -46,7 +47,7 @@ def test_closing_early_stops_the_producer_and_closes_its_source() -> None:
             closed.set()
 
     before = threading.active_count()
-    stream = in_background(endless(), "test", depth=2)
+    stream = in_background(endless(), "test", Handoff(2))
     assert [next(stream) for _ in range(5)] == [0, 1, 2, 3, 4]
     stream.close()
     assert closed.wait(5)
@@ -96,3 +97,58 @@ def test_pipeline_reports_a_source_failure_after_publishing_what_came_before(ove
         Pipeline(Detector(DEMO_MODEL, providers=["cpu"]), "s", [sink], "dev").run(frames(10, fail_at=4),
                                                                                   overlap=overlap)
     assert [m["frame_id"] for m in sink.messages] == [0, 1, 2, 3] and sink.closed
+
+
+class Blocking(Collect):
+    """A sink that holds the first message until released: the stages fill up behind it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, message, frame, result) -> None:  # noqa: ANN001
+        self.release.wait(10)
+        super().write(message, frame, result)
+
+
+def frames_read_ahead(pipeline: Pipeline, sink: Blocking, shedding: list[bool]) -> list[int]:
+    """How many frames the pipeline has taken from its source while the sink holds the first message,
+    once it stops taking more; ``shedding`` lists the states to measure in, in order."""
+    taken = 0
+
+    def counted() -> Iterator[Frame]:
+        nonlocal taken
+        for frame in frames(60):
+            taken += 1
+            yield frame
+
+    def settled() -> int:
+        last, deadline = -1, time.monotonic() + 10
+        while taken != last and time.monotonic() < deadline:
+            last = taken
+            time.sleep(0.3)
+        return taken
+
+    runner = threading.Thread(target=pipeline.run, args=(counted(),))
+    seen = []
+    for index, state in enumerate(shedding):
+        pipeline.shed_memory(state)
+        if index == 0:
+            runner.start()
+        seen.append(settled())
+    sink.release.set()
+    runner.join(10)
+    assert [m["frame_id"] for m in sink.messages] == list(range(60))  # every frame, in order, shedding or not
+    return seen
+
+
+def test_shedding_memory_keeps_each_stage_one_frame_ahead() -> None:
+    """Behind a blocked publish, each of the two overlapped stages holds its queue plus the frame in its hand:
+    2 * (STAGE_DEPTH + 1) + 1 frames in all; 2 * (1 + 1) + 1 while memory is shed. Growing back takes effect
+    at once."""
+    detector = Detector(DEMO_MODEL, providers=["cpu"])
+    sink = Blocking()
+    assert frames_read_ahead(Pipeline(detector, "s", [sink], "dev"), sink, [False]) == [2 * (STAGE_DEPTH + 1) + 1]
+    sink = Blocking()
+    assert frames_read_ahead(Pipeline(detector, "s", [sink], "dev"), sink, [True, False]) == [
+        5, 2 * (STAGE_DEPTH + 1) + 1]

@@ -85,7 +85,7 @@ class ResourceManager:
             if shedding != self.shedding:
                 self.shedding = shedding
                 log.log(logging.WARNING if shedding else logging.INFO, "memory pressure: %s",
-                        "shedding memory (file queues of 1 frame, at most %d detections queued)" % SHED_DETECTIONS
+                        "shedding memory (file and stage queues of 1 frame, at most %d detections queued)" % SHED_DETECTIONS
                         if shedding else "no longer shedding memory")
                 self.actuator.shed_memory(shedding)
             why = f" ({decision.cause}: {decision.readings})" if decision.cause else ""
