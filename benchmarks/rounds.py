@@ -85,10 +85,12 @@ class Round:
     other_cores: dict[str, float]  # case name -> other load beside its run
     seconds: float
     accepted: bool
-    ratios: dict[str, float] = field(init=False)  # edged fps over each baseline's
+    measured: str = MEASURED
+    baselines: tuple[str, ...] = BASELINES
+    ratios: dict[str, float] = field(init=False)  # the measured case's fps over each baseline's
 
     def __post_init__(self) -> None:
-        self.ratios = {b: self.results[MEASURED]["fps"] / self.results[b]["fps"] for b in BASELINES}
+        self.ratios = {b: self.results[self.measured]["fps"] / self.results[b]["fps"] for b in self.baselines}
 
     def to_json(self) -> dict[str, Any]:
         results = {name: {**result, "fps": round(result["fps"], 2)} for name, result in self.results.items()}
@@ -106,8 +108,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_rounds(cases: dict[str, Case], repeats: int, max_other: float, bar: tqdm, label: str,
-               watch: Sequence[int] = ()) -> list[Round]:
-    """``repeats`` rounds of every case; round i starts i cases further along."""
+               watch: Sequence[int] = (), measured: str = MEASURED,
+               baselines: tuple[str, ...] = BASELINES) -> list[Round]:
+    """``repeats`` rounds of every case; round i starts i cases further along. Each round's ratios are
+    ``measured``'s fps over each of ``baselines``'."""
     names = list(cases)
     rounds = []
     for index in range(repeats):
@@ -120,7 +124,7 @@ def run_rounds(cases: dict[str, Case], repeats: int, max_other: float, bar: tqdm
                 results[name] = cases[name]()
             other[name], seconds = meter.other_cores, seconds + meter.seconds
             bar.update()
-        rounds.append(Round(order, results, other, seconds, max(other.values()) <= max_other))
+        rounds.append(Round(order, results, other, seconds, max(other.values()) <= max_other, measured, baselines))
     return rounds
 
 
@@ -130,9 +134,11 @@ def summarize(rounds: list[Round], max_other: float) -> dict[str, Any]:
     summary: dict[str, Any] = {"max_other_load": max_other, "rounds": [r.to_json() for r in rounds],
                                "accepted": len(accepted), "rejected": len(rounds) - len(accepted)}
     if accepted:
+        first = accepted[0]
         summary["median_fps"] = {name: round(statistics.median(r.results[name]["fps"] for r in accepted), 1)
-                                 for name in (*BASELINES, MEASURED)}
-        summary["median_ratio"] = {b: round(statistics.median(r.ratios[b] for r in accepted), 3) for b in BASELINES}
+                                 for name in (*first.baselines, first.measured)}
+        summary["median_ratio"] = {b: round(statistics.median(r.ratios[b] for r in accepted), 3)
+                                   for b in first.baselines}
     return summary
 
 
