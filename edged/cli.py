@@ -11,7 +11,7 @@ from typing import Sequence
 
 from edged import __version__
 from edged.demo import demo_model_path
-from edged.config import ConfigError
+from edged.config import ConfigError, MqttSettings, validate
 from edged.errors import EdgedError, ModelError
 from edged.inference.detector import Detector, read_model_info
 from edged.inference.session import PRECISIONS, PROVIDERS, SessionConfig
@@ -48,6 +48,48 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default=None, help="labels file, when the model's metadata has none")
     parser.add_argument("--input-size", type=_input_size, default=None, help="N or HxW, for dynamic-shape models")
     parser.add_argument("--classes", nargs="+", default=None, metavar="LABEL", help="only report these labels")
+
+
+def _seconds(text: str) -> float:
+    problem = argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds above 0")
+    try:
+        value = float(text)
+    except ValueError:
+        raise problem from None
+    if not value > 0:  # NaN too
+        raise problem
+    return value
+
+
+def _topic_level(text: str) -> str:
+    """A device id or group name: one level of an MQTT topic."""
+    if not text or any(c in text for c in "/+#\0"):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be non-empty, without /, + or #")
+    return text
+
+
+def _add_broker_options(parser: argparse.ArgumentParser) -> None:
+    broker = parser.add_argument_group("broker")
+    broker.add_argument("--host", default="localhost", help="broker host (default localhost)")
+    broker.add_argument("--port", type=int, default=1883, help="broker port (default 1883)")
+    broker.add_argument("--prefix", default="edged", help="topic prefix (mqtt.topic_prefix; default edged)")
+    broker.add_argument("--username", default=None)
+    broker.add_argument("--password-file", type=Path, default=None, metavar="FILE",
+                        help="file whose first line is the password")
+    broker.add_argument("--ca-file", type=Path, default=None, metavar="FILE",
+                        help="CA certificates: connect with TLS")
+    broker.add_argument("--cert-file", type=Path, default=None, metavar="FILE",
+                        help="TLS client certificate (with --key-file)")
+    broker.add_argument("--key-file", type=Path, default=None, metavar="FILE", help="TLS client key")
+    broker.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (default 5)")
+
+
+def _broker_settings(args: argparse.Namespace) -> MqttSettings:
+    """The broker options as MqttSettings, checked as a config's ``mqtt`` section is (ConfigError if not valid)."""
+    tls = {"ca_file": args.ca_file, "cert_file": args.cert_file, "key_file": args.key_file}
+    mqtt = {"host": args.host, "port": args.port, "topic_prefix": args.prefix, "username": args.username,
+            "password_file": args.password_file, "tls": tls, "protocol": args.protocol}
+    return validate({"mqtt": mqtt}, "broker options").mqtt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,12 +141,42 @@ def build_parser() -> argparse.ArgumentParser:
     sensors.set_defaults(handler=cmd_sensors)
 
     watch = commands.add_parser("watch", parents=[common], help="print a live summary of what devices publish")
-    watch.add_argument("--host", default="localhost")
-    watch.add_argument("--port", type=int, default=1883)
-    watch.add_argument("--prefix", default="edged", help="topic prefix (mqtt.topic_prefix)")
     watch.add_argument("--device", default="+", help="one device id (default: all)")
     watch.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    _add_broker_options(watch)
     watch.set_defaults(handler=cmd_watch)
+
+    config = commands.add_parser("config", parents=[common], help="push config to devices, or read a device's")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    push = config_commands.add_parser(
+        "push", parents=[common], help="push a config change to a device, a group or the fleet",
+        description="Publish FILE (YAML or JSON: a merge patch against the effective config, or a whole "
+                    "{id, version, config}) to DEVICE, to the online devices of --group, or to the --fleet; print "
+                    "each device's answer. Exit 0 only if every device expected to answer applied it.")
+    push.add_argument("device", nargs="?", type=_topic_level, metavar="DEVICE",
+                      help="device id (not with --fleet or --group)")
+    push.add_argument("file", type=Path, metavar="FILE", help="the merge patch, or the whole push")
+    target = push.add_mutually_exclusive_group()
+    target.add_argument("--group", type=_topic_level, default=None, help="push to the devices in this group")
+    target.add_argument("--fleet", action="store_true", help="push to every device")
+    push.add_argument("--key", type=Path, default=None, metavar="FILE",
+                      help="sign the push with this HMAC key (the devices' remote_config.hmac_key_file; "
+                           "--key-file is the TLS client key)")
+    push.add_argument("--version", type=int, default=None, metavar="N",
+                      help="the push's version when FILE has none (default: the time in milliseconds)")
+    push.add_argument("--timeout", type=_seconds, default=10.0, metavar="S",
+                      help="seconds to wait for the answers (default 10)")
+    _add_broker_options(push)
+    push.set_defaults(handler=cmd_config_push, usage_error=push.error)
+
+    get = config_commands.add_parser("get", parents=[common], help="print a device's effective config",
+                                     description="Print the config state a device last published (retained): "
+                                                 "its version, hash and effective config, secrets redacted.")
+    get.add_argument("device", type=_topic_level, metavar="DEVICE", help="device id")
+    get.add_argument("--timeout", type=_seconds, default=5.0, metavar="S",
+                     help="seconds to wait for it (default 5)")
+    _add_broker_options(get)
+    get.set_defaults(handler=cmd_config_get)
 
     prof = commands.add_parser("profile", parents=[common], help="ONNX Runtime per-operator profile of a model",
                                description="Runs the model with ONNX Runtime profiling on, prints the operators that "
@@ -280,7 +352,25 @@ def cmd_sensors(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from edged.watch import watch
 
-    return watch(args.host, args.port, args.prefix, args.device, args.duration)
+    return watch(_broker_settings(args), args.device, args.duration)
+
+
+def cmd_config_push(args: argparse.Namespace) -> int:
+    from edged.remote.operator import push_config
+
+    many = args.fleet or args.group is not None
+    if args.device is None and not many:
+        args.usage_error("DEVICE is missing (or push to --fleet, or --group G)")
+    if args.device is not None and many:
+        args.usage_error("DEVICE goes without --fleet and --group")
+    return push_config(_broker_settings(args), args.file, device=args.device, group=args.group, key_path=args.key,
+                       version=args.version, timeout_s=args.timeout)
+
+
+def cmd_config_get(args: argparse.Namespace) -> int:
+    from edged.remote.operator import get_config
+
+    return get_config(_broker_settings(args), args.device, args.timeout)
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

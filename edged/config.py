@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import stat
 from collections import Counter
@@ -25,6 +26,13 @@ MAX_CONFIG_BYTES = 1 << 20  # 1 MB: a real config is a few KB, and 1 MB of YAML 
 MAX_DEPTH = 32  # nesting levels; a real config uses 4, and PyYAML's composer recurses per level
 MAX_ALIAS_NODES = 10_000  # nodes reached through aliases, counted expanded: stops "billion laughs"
 MAX_INPUT_SIDE = 4096
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(spec: str) -> str:
+    """A source or URL spelling fit for logs, events, errors and published state: ``rtsp://user:pw@host`` ->
+    ``rtsp://***@host``."""
+    return _CREDENTIALS.sub("***@", spec)
 
 
 class ConfigError(EdgedError):
@@ -190,7 +198,16 @@ class RemoteConfigSettings(Section):
     enabled: bool = True
     state_dir: Path = Path("/var/lib/edged")
     hmac_key_file: Path | None = None
-    max_payload_kb: int = Field(64, ge=1)
+    max_payload_kb: int = Field(64, ge=1, le=1024)
+    groups: list[str] = Field(default_factory=list)  # answers pushes on <prefix>/group/<group>/config/set too
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, groups: list[str]) -> list[str]:
+        bad = [g for g in groups if not re.fullmatch(r"[A-Za-z0-9_.-]+", g)]
+        if bad:
+            raise ValueError(f"group names are letters, digits, '_', '.' and '-' (part of a topic): {bad[0]!r}")
+        return groups
 
 
 class Config(Section):
@@ -215,10 +232,19 @@ class Config(Section):
         return streams
 
     def effective(self) -> dict[str, Any]:
-        """The config as plain data, every default filled in (what check-config prints).
+        """The config as plain data, every default filled in, secrets redacted (what check-config prints and
+        ``P/config/state`` carries). Passwords and keys live in files; the one secret that may be inline is a
+        password in a stream's URL (``rtsp://user:pw@host``), or in the model's URL."""
+        data = self.model_dump(mode="json")
+        for stream in data["streams"]:
+            if isinstance(stream["source"], str):
+                stream["source"] = redact(stream["source"])
+        if data["model"]["url"]:
+            data["model"]["url"] = redact(data["model"]["url"])
+        return data
 
-        No secret is ever inline (passwords and keys live in files), so nothing needs redacting.
-        """
+    def plain(self) -> dict[str, Any]:
+        """The config as plain data, every default filled in, nothing redacted: what a push patches."""
         return self.model_dump(mode="json")
 
     def session_config(self) -> SessionConfig:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from dataclasses import replace
 import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.demo import demo_clip_path, demo_model_path
@@ -19,11 +20,13 @@ from edged.health import RollingWindow
 from edged.inference.detector import DetectionResult, Detector
 from edged.bench import Variant
 from edged.ladder import Ladder, LadderSpec, load_ladder
-from edged.messages import event_message, health_message
-from edged.mqtt import MqttClient
+from edged.errors import EdgedError
+from edged.messages import event_message, health_message, model_descriptor
+from edged.mqtt import MqttClient, probe
 from edged.pipeline import Pipeline
 from edged.plan import Plan
 from edged.preflight import check_runtime
+from edged.remote.service import RemoteConfig
 from edged.resources.governor import fps_cap, max_fps_halvings
 from edged.resources.manager import SHED_DETECTIONS, ResourceManager
 from edged.signals import SignalLatch
@@ -42,6 +45,8 @@ STATUS_EVERY_S = 5.0  # STATUS= at most this often, unless a stream's state chan
 EXTEND_EVERY_S = 10.0  # while a model loads (a TensorRT engine build takes minutes), ask systemd for more time
 EXTEND_BY_S = 30.0
 EXTEND_LIMIT_S = 20 * 60.0  # a build that hangs longer than this still fails the start
+MQTT_SWITCH_TIMEOUT_S = 10.0  # a changed MQTT connection must come up within this, or the change is refused
+T = TypeVar("T")
 ASSUMED_LIVE_FPS = 30.0  # an uncapped live stream's frame rate, for the number of fps steps down there are
 
 
@@ -156,15 +161,22 @@ class StreamRunner:
                 "latency_ms": {"p50": _round(self.latency.percentile(50)), "p95": _round(self.latency.percentile(95))}}
 
 
+def _label(model: dict[str, Any]) -> str:
+    """A model descriptor as events name it: ``shapes-yolov8 fp32@416``."""
+    height, width = model["input_size"]
+    return f"{model['name']} {model['precision']}@{height if height == width else f'{height}x{width}'}"
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
 
 
 class Daemon:
     def __init__(self, config: Config, config_file: Path | None, signals: SignalLatch | None = None):
-        self.config = config
+        self.config = config  # the file's; run() applies the persisted config pushes over it
         self.config_file = config_file
         self.signals = signals or SignalLatch()
+        self.remote = RemoteConfig(self, config_file)
         self.notifier = Notifier()
         self.started = time.monotonic()
         self.mqtt: MqttClient | None = None
@@ -178,6 +190,7 @@ class Daemon:
         self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
         self._states: list[str] = []
         self._next_status = self._next_watchdog = self._next_health = 0.0
+        self._unsent_events: list[dict[str, Any]] = []  # said before the MQTT connection existed
 
     @property
     def device_id(self) -> str:
@@ -188,8 +201,11 @@ class Daemon:
         if not self.signals.installed:
             self.signals.install()
         limit_arenas()
+        self.config = self.remote.effective(self.config, starting=True)
         self.mqtt = MqttClient(self.config.mqtt, self.device_id)
         self.mqtt.start()
+        for message in self._unsent_events:
+            self.mqtt.publish(self.mqtt.topic("events"), message)
         try:
             started = self._start()
         except Exception:
@@ -199,11 +215,13 @@ class Daemon:
             log.info("stop requested while the model loaded: exiting")
             self.mqtt.stop(FLUSH_S)
             return 0
+        self.remote.attach()
         while not self.signals.stop.wait(LOOP_S):
             self._housekeeping(time.monotonic())
             if self.signals.reload.is_set():
                 self.signals.reload.clear()
                 self._reload_config()
+            self.remote.handle_pending()
         self._shutdown()
         return 0
 
@@ -254,26 +272,36 @@ class Daemon:
             self._next_watchdog = now + min(self.notifier.watchdog_interval_s or 1.0, 1.0)
 
     def _load_detector(self, config: Config, *, starting: bool) -> Detector | None:
-        """Load the model in a helper thread, so that signals are heard meanwhile: None if a stop was
-        requested before it finished (the helper is left to finish or die with the process). Starting,
-        systemd's start timeout is extended while it runs (a TensorRT engine build takes minutes);
-        reloading, the running streams carry on, fed to the watchdog and reported in health."""
+        """Load the model beside the streams (``_beside``): None if a stop was requested before it finished.
+        Starting, systemd's start timeout is extended while it runs (a TensorRT engine build takes minutes)."""
         self.notifier.status(f"loading model {config.model.path or 'demo'}")
-        outcome: list[Detector | BaseException] = []
+        return self._beside(lambda: make_detector(config), "model-load", starting=starting)
 
-        def load() -> None:
+    def while_serving(self, work: Callable[[], T], what: str) -> T | None:
+        """Remote config's long steps (a model download): run beside the streams, which carry on."""
+        self.notifier.status(what)
+        return self._beside(work, what, starting=False)
+
+    def _beside(self, work: Callable[[], T], name: str, *, starting: bool) -> T | None:
+        """Run ``work`` in a helper thread, so that signals are heard meanwhile: None if a stop was requested
+        before it finished (the helper is left to finish or die with the process); its exception if it
+        raised. Not starting, the running streams carry on meanwhile, fed to the watchdog and reported in
+        health."""
+        outcome: list[Any] = []
+
+        def run() -> None:
             try:
-                outcome.append(make_detector(config))
+                outcome.append(work())
             except BaseException as exc:  # handed to the caller's thread
                 outcome.append(exc)
 
-        loader = threading.Thread(target=load, name="model-load", daemon=True)
-        loader.start()
+        helper = threading.Thread(target=run, name=name, daemon=True)
+        helper.start()
         started = time.monotonic()
         next_extend = started + EXTEND_EVERY_S
         while True:
-            loader.join(LOOP_S)
-            if not loader.is_alive():
+            helper.join(LOOP_S)
+            if not helper.is_alive():
                 break
             if self.signals.stop.is_set():
                 return None
@@ -391,18 +419,21 @@ class Daemon:
         try:
             new = load_config(self.config_file)
             check_runtime(new, str(self.config_file))
-        except ConfigError as exc:
-            self._reject(f"Reloaded config {self.config_file} is invalid", exc.errors)
+            new = self.remote.effective(new, starting=False)  # the persisted pushes, applied again
+        except (ConfigError, EdgedError) as exc:
+            self._reject(f"Reloaded config {self.config_file} is invalid", getattr(exc, "errors", [str(exc)]))
             return
         log.info("SIGHUP: applying %s", self.config_file)
         self.apply(new, f"Config {self.config_file} reloaded on SIGHUP")
 
-    def apply(self, new: Config, cause: str) -> bool:
-        """Change the running daemon into ``new``, touching only what ``Plan.between`` says changed.
+    def apply(self, new: Config, cause: str) -> list[str]:
+        """Change the running daemon into ``new``, touching only what ``Plan.between`` says changed; the errors
+        if the change was refused (the running config then stays whole), else none.
 
-        What can fail (loading a new model, thresholds naming unknown classes) runs first, before anything
-        running is touched: a failure rejects the change and the running config stays whole. The resource
-        manager waits meanwhile; a new session or new resource settings start it again from the top.
+        What can fail (loading a new model, thresholds naming unknown classes, a new MQTT connection) runs
+        first, before anything running is touched. Should starting what changed fail after that, the previous
+        config is applied again. The resource manager waits meanwhile; a new session or new resource settings
+        start it again from the top.
         """
         self._applying = True
         try:
@@ -410,7 +441,7 @@ class Daemon:
         finally:
             self._applying = False
 
-    def _apply(self, new: Config, cause: str) -> bool:
+    def _apply(self, new: Config, cause: str) -> list[str]:
         plan = Plan.between(self.config, new)
         restart_resources = plan.rebuild_session or bool({"resources", "remote_config"} & set(plan.in_place))
         stepped_down = self.resources is not None and self.resources.serving != 0
@@ -420,15 +451,31 @@ class Daemon:
             if plan.rebuild_session or (restart_resources and stepped_down):  # back to the config's own model
                 detector = self._load_detector(new, starting=False)
                 if detector is None:  # stopping
-                    return False
+                    return ["the daemon is stopping"]
             elif plan.thresholds:
                 detector.set_thresholds(new.model.confidence, new.model.iou, new.model.classes)
         except Exception as exc:  # ModelError, or ONNX Runtime failing in a way it does not name
-            self._reject(f"{cause}: its model could not be used", [str(exc)])
-            return False
+            return self._reject(f"{cause}: its model could not be used", [f"model: {exc}"])
         if plan.reconnect_mqtt and (problem := self._reconnect(new)):
-            self._reject(f"{cause}: its MQTT settings could not be used", [problem])
-            return False
+            return self._reject(f"{cause}: its MQTT settings could not be used", [f"mqtt: {problem}"])
+        old, replaced = self.config, self.detector
+        try:
+            self._commit(plan, new, detector, restart_resources)
+        except Exception as exc:  # a stream or the resource manager that cannot start: undo it all
+            log.exception("applying the change failed; going back to the previous config")
+            self._commit(Plan.between(new, old), old, replaced or detector, True)
+            return self._reject(f"{cause}: applying it failed, and the previous config was restored", [str(exc)])
+        if detector is not replaced and replaced is not None:
+            was, now = model_descriptor(replaced), model_descriptor(detector)
+            self._event("model_switched", f"Model switched from {_label(was)} to {_label(now)} ({cause}).",
+                        **{"from": _label(was), "to": _label(now), "reason": cause})
+        log.info("config applied: %s", plan.describe())
+        self._event("config_applied", f"{cause}: {plan.describe()}.")
+        self.remote.attach()
+        return []
+
+    def _commit(self, plan: Plan, new: Config, detector: Detector, restart_resources: bool) -> None:
+        """Make ``new`` the running config: what ``plan`` says, with ``detector`` serving."""
         self.config = new
         self._stop_streams(list(plan.streams_removed + plan.streams_restarted))
         if detector is not self.detector:
@@ -442,32 +489,37 @@ class Daemon:
             runner = self.runners[name]
             runner.settings = streams[name]
             self._cap(runner, self.resources.governor.fps_halvings if self.resources else 0)
-        log.info("config applied: %s", plan.describe())
-        self._event("config_applied", f"{cause}: {plan.describe()}.")
-        return True
 
     def _reconnect(self, new: Config) -> str | None:
-        """Replace the MQTT connection by one for ``new``. If that cannot start (a TLS or password file
-        that became unreadable since it was checked), go back to the old one and say why."""
+        """Move to the MQTT connection ``new`` asks for. It is tried first (a probe with its settings, as a
+        client of its own); if it does not come up within MQTT_SWITCH_TIMEOUT_S, the current connection stays
+        and the reason is returned. Every queued message moves over to the new connection."""
         assert self.mqtt is not None
-        self.mqtt.stop(FLUSH_S)
+        problem = self._beside(lambda: probe(new.mqtt, f"{new.device_id}-probe-{os.getpid()}",
+                                             MQTT_SWITCH_TIMEOUT_S), "mqtt-probe", starting=False)
+        if self.signals.stop.is_set():
+            return "the daemon is stopping"
+        if problem is not None:
+            return problem
         try:
-            self.mqtt = MqttClient(new.mqtt, new.device_id)
-            self.mqtt.start()
-        except (ConfigError, ValueError) as exc:
-            self.mqtt = MqttClient(self.config.mqtt, self.device_id)
-            self.mqtt.start()
-            return str(exc)
+            successor = MqttClient(new.mqtt, new.device_id)
+        except ConfigError as exc:
+            return "; ".join(exc.errors)
+        log.info("MQTT: moving to %s:%d", new.mqtt.host, new.mqtt.port)
+        self.mqtt.hand_over(successor, farewell=new.device_id != self.device_id)
+        self.mqtt = successor
+        successor.start()
         for runner in self.runners.values():
             runner.pipeline.device_id = new.device_id
         if self.resources is not None and self.resources.shedding:
-            self.mqtt.limit_droppable(SHED_DETECTIONS)
+            successor.limit_droppable(SHED_DETECTIONS)
         return None
 
-    def _reject(self, why: str, errors: list[str]) -> None:
+    def _reject(self, why: str, errors: list[str]) -> list[str]:
         for line in errors:
             log.error("config rejected: %s", line)
         self._event("config_rejected", f"{why}; the running config stays.", errors=errors)
+        return errors
 
     # ---------------------------------------------------------------- publishing
     def _on_stream_state(self, stream: str, state: str, detail: str) -> None:
@@ -480,8 +532,11 @@ class Daemon:
             self._event("stream_down", f"Stream {stream} is down: {detail}", stream=stream)
 
     def _event(self, kind: str, detail: str, stream: str | None = None, **fields: Any) -> None:
+        message = event_message(self.device_id, kind, detail, stream, **fields)
         if self.mqtt is not None:
-            self.mqtt.publish(self.mqtt.topic("events"), event_message(self.device_id, kind, detail, stream, **fields))
+            self.mqtt.publish(self.mqtt.topic("events"), message)
+        else:
+            self._unsent_events.append(message)
 
     def _publish_health(self) -> None:
         if self.mqtt is None or self.detector is None:

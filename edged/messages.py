@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import time
 from typing import Any
@@ -71,3 +73,22 @@ def event_message(device_id: str, kind: str, detail: str, stream: str | None = N
 
 def health_message(device_id: str, **fields: Any) -> dict[str, Any]:
     return {"schema": HEALTH_SCHEMA, "device_id": device_id, "ts": time.time(), **fields}
+
+
+CONFIG_RESULT_SCHEMA = "edged.config_result/1"
+CONFIG_STATE_SCHEMA = "edged.config_state/1"
+
+
+def config_result_message(device_id: str, push_id: str | None, applied: bool, errors: list[str],
+                          version: int | None) -> dict[str, Any]:
+    """The answer to a config push on ``P/config/result``."""
+    return {"schema": CONFIG_RESULT_SCHEMA, "device_id": device_id, "ts": time.time(), "id": push_id,
+            "status": "applied" if applied else "rejected", "errors": errors, "version": version}
+
+
+def config_state_message(device_id: str, version: int | None, config: dict[str, Any]) -> dict[str, Any]:
+    """The effective config (secrets redacted) on ``P/config/state``, with the last applied push's version and
+    the SHA-256 of the config's canonical JSON (sorted keys, no spaces): equal hashes, equal configs."""
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    return {"schema": CONFIG_STATE_SCHEMA, "device_id": device_id, "ts": time.time(), "version": version,
+            "hash": hashlib.sha256(canonical).hexdigest(), "config": config}

@@ -33,6 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edged.config import ConfigError, MqttSettings, TlsSettings, password
 
@@ -102,7 +103,8 @@ class MqttClient:
 
     def __init__(self, settings: MqttSettings, device_id: str, *, announce: bool = True):
         """``announce``: this client is the device (last will, ``online``/``offline`` on ``P/status``);
-        False for a plain observer such as ``edged watch``."""
+        False for a plain observer such as ``edged watch``. Raises ConfigError, naming the file, when the
+        password or a TLS file cannot be read or used."""
         self.settings = settings
         self.device_id = device_id
         self.announce = announce
@@ -157,6 +159,12 @@ class MqttClient:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        # Here, not in start(): a connection that cannot even be set up is refused before it replaces another.
+        secret = password(settings)
+        if settings.username is not None or secret is not None:
+            client.username_pw_set(settings.username, secret)
+        if settings.tls.ca_file is not None or settings.tls.cert_file is not None:
+            client.tls_set_context(tls_context(settings.tls))
         self._client = client
 
     # -- topics -----------------------------------------------------------------------------------------------
@@ -172,16 +180,8 @@ class MqttClient:
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect in the background; a broker that is down is retried, never an error here.
-
-        Raises ConfigError, naming the file, when the password or a TLS file cannot be read or used.
-        """
+        """Connect in the background; a broker that is down is retried, never an error here."""
         s = self.settings
-        secret = password(s)
-        if s.username is not None or secret is not None:
-            self._client.username_pw_set(s.username, secret)
-        if s.tls.ca_file is not None or s.tls.cert_file is not None:
-            self._client.tls_set_context(tls_context(s.tls))
         properties = None
         if self._v5:
             properties = Properties(PacketTypes.CONNECT)
@@ -192,8 +192,9 @@ class MqttClient:
         self._sender = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
         self._sender.start()
 
-    def stop(self, flush_timeout_s: float = 3.0) -> None:
-        """Send what is queued (for up to ``flush_timeout_s``), then ``offline``, then disconnect cleanly (no will)."""
+    def stop(self, flush_timeout_s: float = 3.0, *, farewell: bool = True) -> None:
+        """Send what is queued (for up to ``flush_timeout_s``), then ``offline`` (unless not ``farewell``: the
+        connection is being replaced), then disconnect cleanly (no will)."""
         if self._sender is None:
             return
         deadline = time.monotonic() + flush_timeout_s
@@ -205,7 +206,7 @@ class MqttClient:
         self._sender.join()
         if unsent:
             log.warning("stopping with %d messages not sent", unsent)
-        if self.announce and self._client.is_connected():
+        if self.announce and farewell and self._client.is_connected():
             info = self._client.publish(self._status, "offline", qos=1, retain=True)
             try:
                 info.wait_for_publish(max(deadline - time.monotonic(), 0.5))
@@ -263,7 +264,38 @@ class MqttClient:
         with self._cond:
             self._subscriptions[topic_filter] = callback
         if self._client.is_connected():  # else _on_connect subscribes
-            self._client.subscribe(topic_filter, self._subscribe_qos)
+            self._client.subscribe(topic_filter, **self._subscribe_options())
+
+    def hand_over(self, successor: "MqttClient", *, farewell: bool = False) -> None:
+        """Stop this client (saying ``offline`` only with ``farewell``: the device id changes), and give
+        ``successor`` (not started yet) every message not yet acknowledged, in order, and the drop count: a
+        changed connection loses nothing that was queued."""
+        self.stop(0.0, farewell=farewell)
+        with self._cond:
+            unacknowledged = sorted([*self._inflight.values(), *self._kept, *self._droppable], key=lambda m: m.seq)
+            self._inflight.clear()
+            self._kept.clear()
+            self._droppable.clear()
+            dropped = self._dropped
+        with successor._cond:
+            for message in unacknowledged:
+                successor._enqueue(message.topic, message.payload, message.qos, message.retain, message.droppable)
+            successor._dropped += dropped
+        if unacknowledged:
+            log.info("handing %d queued messages over to the new connection", len(unacknowledged))
+
+    def _subscribe_options(self) -> dict[str, Any]:
+        """MQTT 5: "retain as published", so that a callback can tell a retained message even when it arrives
+        live (brokers clear the flag for live deliveries otherwise): a retained command is ignored."""
+        if self._v5:
+            return {"options": SubscribeOptions(qos=self._subscribe_qos, retainAsPublished=True)}
+        return {"qos": self._subscribe_qos}
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        with self._cond:
+            self._subscriptions.pop(topic_filter, None)
+        if self._client.is_connected():
+            self._client.unsubscribe(topic_filter)
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -399,7 +431,7 @@ class MqttClient:
         with self._cond:
             filters = list(self._subscriptions)
         for topic_filter in filters:
-            client.subscribe(topic_filter, self._subscribe_qos)
+            client.subscribe(topic_filter, **self._subscribe_options())
         self._post(self._connected, min(WINDOW, getattr(properties, "ReceiveMaximum", WINDOW)))
 
     def _attempt_failed(self, reason: object) -> None:
@@ -477,3 +509,43 @@ class MqttClient:
                 callback(message.topic, message.payload, bool(message.retain), user_properties)
             except Exception:
                 log.exception("handling a message on %s failed", message.topic)
+
+
+def probe(settings: MqttSettings, client_id: str, timeout_s: float) -> str | None:
+    """Try a connection with ``settings`` (credentials and TLS included) as ``client_id``, then close it: None
+    if the broker accepted it within ``timeout_s``, else why not. What a config change runs before it gives up
+    a working connection."""
+    where = f"{settings.host}:{settings.port}"
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311)
+    outcome: list[str | None] = []
+    done = threading.Event()
+
+    def on_connect(client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason: ReasonCode,
+                   properties: Properties | None) -> None:
+        outcome.append(f"the broker at {where} refused the connection: {reason}" if reason.is_failure else None)
+        done.set()
+
+    def on_connect_fail(client: paho.Client, userdata: Any) -> None:
+        outcome.append(f"cannot connect to {where} ({sys.exc_info()[1] or 'connection failed'})")
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_connect_fail = on_connect_fail
+    try:
+        secret = password(settings)
+        if settings.username is not None or secret is not None:
+            client.username_pw_set(settings.username, secret)
+        if settings.tls.ca_file is not None or settings.tls.cert_file is not None:
+            client.tls_set_context(tls_context(settings.tls))
+        client.connect_async(settings.host, settings.port, settings.keepalive_s)
+        client.loop_start()
+    except (ConfigError, ValueError, OSError) as exc:
+        return f"cannot connect to {where}: {exc}"
+    try:
+        if not done.wait(timeout_s):
+            return f"no connection to {where} within {timeout_s:.0f} s"
+        return outcome[0]
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import yaml
 
-from edged.config import Config, ConfigError, ModelSettings, MqttSettings, file_problem, password
+from edged.config import (Config, ConfigError, ModelSettings, MqttSettings, RemoteConfigSettings, file_problem,
+                          password)
 from edged.demo import demo_model_path
 from edged.errors import ModelError
 from edged.inference.detector import (FamilyMismatch, ModelInfo, choose_family, load_labels, parse_names,
                                       read_model_info, resolve_input_size, static_input_size)
 from edged.mqtt import tls_context
+from edged.remote.push import read_key
 
 DEFAULT_STRIDE = 32
 _INPUT_TYPES = ("float32", "float16")  # what Detector feeds
@@ -30,6 +32,7 @@ def check_runtime(config: Config, source: str | None = None) -> None:
     problems: Problems = []
     _check_model(config.model, problems)
     _check_mqtt_files(config.mqtt, problems)
+    _check_remote_files(config.remote_config, problems)
     if problems:
         prefix = f"{source}: " if source else ""
         raise ConfigError([f"{prefix}{key}: {reason}" for key, reason in problems])
@@ -137,3 +140,12 @@ def _check_mqtt_files(mqtt: MqttSettings, problems: Problems) -> None:
             password(mqtt)
         except ConfigError as exc:
             problems.extend(("mqtt.password_file", line) for line in exc.errors)
+
+
+def _check_remote_files(remote: RemoteConfigSettings, problems: Problems) -> None:
+    """The signing key of config pushes, read as remote config reads it."""
+    if remote.hmac_key_file is not None:
+        try:
+            read_key(remote.hmac_key_file)
+        except ConfigError as exc:
+            problems.extend(("remote_config.hmac_key_file", line) for line in exc.errors)

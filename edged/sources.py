@@ -18,19 +18,14 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
+from edged.config import redact
 from edged.errors import SourceError
 
 log = logging.getLogger("edged.sources")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
-
-
-def redact(spec: str) -> str:
-    """A source spelling fit for logs, events and errors: ``rtsp://user:pw@host`` -> ``rtsp://***@host``."""
-    return _CREDENTIALS.sub("***@", spec)
 
 
 @dataclass

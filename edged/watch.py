@@ -70,16 +70,16 @@ class Watcher:
         self.out.flush()
 
 
-def watch(host: str, port: int, prefix: str, device: str = "+", duration: float | None = None,
-          out: TextIO = sys.stdout) -> int:
-    """Subscribe to every device's (or one device's) detections, status and events; print until interrupted."""
+def watch(settings: MqttSettings, device: str = "+", duration: float | None = None, out: TextIO = sys.stdout) -> int:
+    """Subscribe to every device's (or one device's) detections, status and events on the broker in ``settings``;
+    print until interrupted, or for ``duration`` seconds."""
     watcher = Watcher(out)
-    client = MqttClient(MqttSettings(host=host, port=port, topic_prefix=prefix), f"edged-watch-{os.getpid()}",
-                        announce=False)
+    client = MqttClient(settings, f"edged-watch-{os.getpid()}", announce=False)
+    prefix = settings.topic_prefix
     for suffix in ("status", "events", "streams/+/detections"):
         client.subscribe(f"{prefix}/{device}/{suffix}", watcher.on_message)
     client.start()
-    out.write(f"watching {prefix}/{device}/... on {host}:{port} (Ctrl-C to stop)\n")
+    out.write(f"watching {prefix}/{device}/... on {settings.host}:{settings.port} (Ctrl-C to stop)\n")
     deadline = None if duration is None else time.monotonic() + duration
     try:
         while deadline is None or time.monotonic() < deadline:
