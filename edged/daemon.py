@@ -458,15 +458,18 @@ class Daemon:
             return self._reject(f"{cause}: its model could not be used", [f"model: {exc}"])
         if plan.reconnect_mqtt and (problem := self._reconnect(new)):
             return self._reject(f"{cause}: its MQTT settings could not be used", [f"mqtt: {problem}"])
-        old, replaced = self.config, self.detector
+        # Only the descriptor of the detector being replaced: holding it would keep its session from being freed.
+        old, was, switching = self.config, model_descriptor(self.detector), detector is not self.detector
         try:
             self._commit(plan, new, detector, restart_resources)
         except Exception as exc:  # a stream or the resource manager that cannot start: undo it all
             log.exception("applying the change failed; going back to the previous config")
-            self._commit(Plan.between(new, old), old, replaced or detector, True)
+            del detector
+            previous = self._load_detector(old, starting=False) if switching else self.detector
+            self._commit(Plan.between(new, old), old, previous or self.detector, True)
             return self._reject(f"{cause}: applying it failed, and the previous config was restored", [str(exc)])
-        if detector is not replaced and replaced is not None:
-            was, now = model_descriptor(replaced), model_descriptor(detector)
+        if switching:
+            now = model_descriptor(self.detector)
             self._event("model_switched", f"Model switched from {_label(was)} to {_label(now)} ({cause}).",
                         **{"from": _label(was), "to": _label(now), "reason": cause})
         log.info("config applied: %s", plan.describe())

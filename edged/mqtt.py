@@ -20,12 +20,14 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
+import queue
 import ssl
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edged.config import ConfigError, MqttSettings, TlsSettings, password
+from edged.errors import EdgedError
 
 log = logging.getLogger("edged.mqtt")
 
@@ -96,6 +99,15 @@ def tls_context(tls: TlsSettings) -> ssl.SSLContext:
                                f"usable certificate and key ({exc.reason or exc}; a key with a passphrase is not "
                                f"supported)"]) from None
     return context
+
+
+def _set_credentials(client: paho.Client, settings: MqttSettings) -> None:
+    """The username, password and TLS of ``settings`` on ``client``; ConfigError naming a file that cannot be used."""
+    secret = password(settings)
+    if settings.username is not None or secret is not None:
+        client.username_pw_set(settings.username, secret)
+    if settings.tls.ca_file is not None or settings.tls.cert_file is not None:
+        client.tls_set_context(tls_context(settings.tls))
 
 
 class MqttClient:
@@ -160,11 +172,7 @@ class MqttClient:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         # Here, not in start(): a connection that cannot even be set up is refused before it replaces another.
-        secret = password(settings)
-        if settings.username is not None or secret is not None:
-            client.username_pw_set(settings.username, secret)
-        if settings.tls.ca_file is not None or settings.tls.cert_file is not None:
-            client.tls_set_context(tls_context(settings.tls))
+        _set_credentials(client, settings)
         self._client = client
 
     # -- topics -----------------------------------------------------------------------------------------------
@@ -533,11 +541,7 @@ def probe(settings: MqttSettings, client_id: str, timeout_s: float) -> str | Non
     client.on_connect = on_connect
     client.on_connect_fail = on_connect_fail
     try:
-        secret = password(settings)
-        if settings.username is not None or secret is not None:
-            client.username_pw_set(settings.username, secret)
-        if settings.tls.ca_file is not None or settings.tls.cert_file is not None:
-            client.tls_set_context(tls_context(settings.tls))
+        _set_credentials(client, settings)
         client.connect_async(settings.host, settings.port, settings.keepalive_s)
         client.loop_start()
     except (ConfigError, ValueError, OSError) as exc:
@@ -549,3 +553,98 @@ def probe(settings: MqttSettings, client_id: str, timeout_s: float) -> str | Non
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+class ShortConnection:
+    """A short-lived connection for a command (``edged config push``): subscribe and publish (with MQTT 5 user
+    properties), each acknowledged, and the messages received. Not the device's: no outbox, no reconnects."""
+
+    def __init__(self, settings: MqttSettings, timeout_s: float):
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self.where = f"{settings.host}:{settings.port} (MQTT {settings.protocol})"
+        self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._connack: ReasonCode | None = None
+        self._connected = threading.Event()
+        self._suback: list[ReasonCode] = []
+        self._subscribed = threading.Event()
+        self._refused_publishes: dict[int, ReasonCode] = {}
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"edged-config-{os.getpid()}",
+                             protocol=paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.on_message = lambda _client, _userdata, message: self._messages.put((message.topic, message.payload))
+        self._client = client
+
+    def __enter__(self) -> "ShortConnection":
+        """Connect and wait for the broker's answer; ConfigError for unusable credentials or TLS files,
+        EdgedError when the broker cannot be reached or refuses."""
+        s = self.settings
+        _set_credentials(self._client, s)
+        try:
+            self._client.connect(s.host, s.port, s.keepalive_s)
+        except OSError as exc:
+            raise EdgedError(f"cannot connect to {self.where}: {exc.strerror or exc}") from None
+        self._client.loop_start()
+        if not self._connected.wait(self.timeout_s):
+            self.__exit__()
+            raise EdgedError(f"no answer from {self.where} within {self.timeout_s:g} s")
+        if self._connack is not None and self._connack.is_failure:
+            self.__exit__()
+            raise EdgedError(f"{self.where} refused the connection: {self._connack}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def subscribe(self, topic_filters: list[str]) -> None:
+        """Subscribe (QoS 1) and wait until the broker has granted every filter."""
+        self._client.subscribe([(topic_filter, 1) for topic_filter in topic_filters])
+        if not self._subscribed.wait(self.timeout_s):
+            raise EdgedError(f"{self.where} did not acknowledge the subscription within {self.timeout_s:g} s")
+        refused = [f"{f} ({code})" for f, code in zip(topic_filters, self._suback) if code.is_failure]
+        if refused:
+            raise EdgedError(f"{self.where} refused the subscription to {', '.join(refused)}")
+
+    def publish(self, topic: str, payload: bytes, user_properties: dict[str, str]) -> None:
+        """Publish (QoS 1, not retained) and wait until the broker has acknowledged it."""
+        properties = None
+        if user_properties:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.UserProperty = list(user_properties.items())
+        info = self._client.publish(topic, payload, qos=1, retain=False, properties=properties)
+        try:
+            info.wait_for_publish(self.timeout_s)
+        except RuntimeError as exc:  # the connection went
+            raise EdgedError(f"cannot publish on {topic}: {exc}") from None
+        if not info.is_published():
+            raise EdgedError(f"{self.where} did not acknowledge the message on {topic} within {self.timeout_s:g} s")
+        refusal = self._refused_publishes.get(info.mid)
+        if refusal is not None:
+            raise EdgedError(f"{self.where} refused the message on {topic}: {refusal}")
+
+    def receive(self, deadline: float, quiet_s: float | None = None) -> Iterator[tuple[str, bytes]]:
+        """(topic, payload) of each message received, until ``deadline`` (time.monotonic()), or until none has
+        come for ``quiet_s``."""
+        while (wait := deadline - time.monotonic()) > 0:
+            try:
+                yield self._messages.get(timeout=wait if quiet_s is None else min(wait, quiet_s))
+            except queue.Empty:
+                if quiet_s is not None:
+                    return
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        self._connack = reason
+        self._connected.set()
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      properties: Any) -> None:
+        self._suback = reasons
+        self._subscribed.set()
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        if reason.is_failure:
+            self._refused_publishes[mid] = reason

@@ -100,6 +100,12 @@ def test_a_threshold_push_applies_live_and_survives_a_restart(tmp_path: Path, br
             labels = {d["label"] for m in after(sub, "a", started) for d in m["detections"]}
             assert labels == {"circle"}, labels
             assert "persisted pushes applied" in restarted.log()
+            applied = len(events(sub, "config_applied"))
+            restarted.send(signal.SIGHUP)  # the file read again, the pushes applied over it again
+            sub.wait_for(lambda: len(events(sub, "config_applied")) > applied, timeout=10, what="the reload")
+            reloaded = time.time()
+            sub.wait_for(lambda: len(after(sub, "a", reloaded)) >= 5, timeout=10, what="detections after SIGHUP")
+            assert {d["label"] for m in after(sub, "a", reloaded) for d in m["detections"]} == {"circle"}
             assert push(sub, {"model": {"classes": None}}, version=1)["errors"][0].startswith("version: 1 is stale")
             assert restarted.stop() == 0
         finally:
@@ -370,7 +376,7 @@ def test_persisted_pushes_that_no_longer_fit_are_set_aside(tmp_path: Path, broke
             assert rejected and "config.model.iou" in rejected[0]["detail"], rejected
             assert list(state_dir.glob("remote-config.json.bad-*")) and state(sub)["version"] is None
             daemon.send(signal.SIGHUP)  # nothing changed: applied, and the pushes go on working
-            sub.wait_for(lambda: events(sub, "config_applied"), timeout=10, what="the reload")
+            sub.wait_for(lambda: events(sub, "config_applied"), timeout=10, what="the reload")  # the first one
             assert push(sub, {"model": {"iou": 0.6}}, version=1)["status"] == "applied"
             assert daemon.stop() == 0
         finally:

@@ -7,32 +7,23 @@ Which devices should answer a fleet or group push is read just before publishing
 (``online``) and, for a group, the retained ``P/config/state`` (its ``config.remote_config.groups``).
 ``get`` prints a device's retained ``P/config/state``.
 
-Unlike the daemon, this talks to paho directly, not through edged.mqtt: a push needs MQTT 5 user properties and
-its subscriptions acknowledged before it is published, and the connection lasts one command.
+Unlike the daemon's, this connection (``edged.mqtt.ShortConnection``) lasts one command: a push needs MQTT 5 user
+properties and its subscriptions acknowledged before it is published.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
 import sys
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import paho.mqtt.client as paho
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-
-from edged.config import MAX_CONFIG_BYTES, ConfigError, MqttSettings, parse_yaml, password
+from edged.config import MAX_CONFIG_BYTES, ConfigError, MqttSettings, parse_yaml
 from edged.errors import EdgedError
-from edged.mqtt import tls_context
+from edged.mqtt import ShortConnection
 from edged.remote.push import SIGNATURE_PROPERTY, PushRejected, parse_push, read_key, sign
 
 log = logging.getLogger("edged.remote.operator")
@@ -43,104 +34,6 @@ RETAINED_QUIET_S = 0.3
 RETAINED_WAIT_S = 1.0
 
 Result = dict[str, Any]  # a device's config/result message
-
-
-class _Connection:
-    """One short-lived MQTT connection: subscribe and publish, each acknowledged, and the messages received."""
-
-    def __init__(self, settings: MqttSettings, timeout_s: float):
-        self.settings = settings
-        self.timeout_s = timeout_s
-        self.where = f"{settings.host}:{settings.port} (MQTT {settings.protocol})"
-        self._messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self._connack: ReasonCode | None = None
-        self._connected = threading.Event()
-        self._suback: list[ReasonCode] = []
-        self._subscribed = threading.Event()
-        self._refused_publishes: dict[int, ReasonCode] = {}
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"edged-config-{os.getpid()}",
-                             protocol=paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.on_message = lambda _client, _userdata, message: self._messages.put((message.topic, message.payload))
-        self._client = client
-
-    def __enter__(self) -> _Connection:
-        """Connect and wait for the broker's answer; ConfigError for unusable credentials or TLS files,
-        EdgedError when the broker cannot be reached or refuses."""
-        s = self.settings
-        secret = password(s)
-        if s.username is not None or secret is not None:
-            self._client.username_pw_set(s.username, secret)
-        if s.tls.ca_file is not None or s.tls.cert_file is not None:
-            self._client.tls_set_context(tls_context(s.tls))
-        try:
-            self._client.connect(s.host, s.port, s.keepalive_s)
-        except OSError as exc:
-            raise EdgedError(f"cannot connect to {self.where}: {exc.strerror or exc}") from None
-        self._client.loop_start()
-        if not self._connected.wait(self.timeout_s):
-            self.__exit__()
-            raise EdgedError(f"no answer from {self.where} within {self.timeout_s:g} s")
-        if self._connack is not None and self._connack.is_failure:
-            self.__exit__()
-            raise EdgedError(f"{self.where} refused the connection: {self._connack}")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def subscribe(self, topic_filters: list[str]) -> None:
-        """Subscribe (QoS 1) and wait until the broker has granted every filter."""
-        self._client.subscribe([(topic_filter, 1) for topic_filter in topic_filters])
-        if not self._subscribed.wait(self.timeout_s):
-            raise EdgedError(f"{self.where} did not acknowledge the subscription within {self.timeout_s:g} s")
-        refused = [f"{f} ({code})" for f, code in zip(topic_filters, self._suback) if code.is_failure]
-        if refused:
-            raise EdgedError(f"{self.where} refused the subscription to {', '.join(refused)}")
-
-    def publish(self, topic: str, payload: bytes, user_properties: dict[str, str]) -> None:
-        """Publish (QoS 1, not retained) and wait until the broker has acknowledged it."""
-        properties = None
-        if user_properties:
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.UserProperty = list(user_properties.items())
-        info = self._client.publish(topic, payload, qos=1, retain=False, properties=properties)
-        try:
-            info.wait_for_publish(self.timeout_s)
-        except RuntimeError as exc:  # the connection went
-            raise EdgedError(f"cannot publish on {topic}: {exc}") from None
-        if not info.is_published():
-            raise EdgedError(f"{self.where} did not acknowledge the message on {topic} within {self.timeout_s:g} s")
-        refusal = self._refused_publishes.get(info.mid)
-        if refusal is not None:
-            raise EdgedError(f"{self.where} refused the message on {topic}: {refusal}")
-
-    def receive(self, deadline: float, quiet_s: float | None = None) -> Iterator[tuple[str, bytes]]:
-        """(topic, payload) of each message received, until ``deadline`` (time.monotonic()), or until none has
-        come for ``quiet_s``."""
-        while (wait := deadline - time.monotonic()) > 0:
-            try:
-                yield self._messages.get(timeout=wait if quiet_s is None else min(wait, quiet_s))
-            except queue.Empty:
-                if quiet_s is not None:
-                    return
-
-    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
-                    properties: Any) -> None:
-        self._connack = reason
-        self._connected.set()
-
-    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
-                      properties: Any) -> None:
-        self._suback = reasons
-        self._subscribed.set()
-
-    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
-        if reason.is_failure:
-            self._refused_publishes[mid] = reason
 
 
 def load_push(path: Path, version: int | None) -> tuple[str, bytes]:
@@ -186,7 +79,7 @@ def push_config(settings: MqttSettings, path: Path, *, device: str | None = None
     push_id, payload = load_push(path, version)
     user_properties = {} if key is None else {SIGNATURE_PROPERTY: sign(payload, key)}
     prefix = settings.topic_prefix
-    with _Connection(settings, timeout_s) as connection:
+    with ShortConnection(settings, timeout_s) as connection:
         if device is not None:
             connection.subscribe([f"{prefix}/{device}/config/result"])
             expected, topic = {device}, f"{prefix}/{device}/config/set"
@@ -213,7 +106,7 @@ def push_config(settings: MqttSettings, path: Path, *, device: str | None = None
 def get_config(settings: MqttSettings, device: str, timeout_s: float = 5.0, out: TextIO = sys.stdout) -> int:
     """Print the device's retained effective config (``P/config/state``) as indented JSON."""
     topic = f"{settings.topic_prefix}/{device}/config/state"
-    with _Connection(settings, timeout_s) as connection:
+    with ShortConnection(settings, timeout_s) as connection:
         connection.subscribe([topic])
         message = next(connection.receive(time.monotonic() + timeout_s), None)
     if message is None:
@@ -233,7 +126,7 @@ def _device_and_suffix(topic: str, prefix: str) -> tuple[str, str]:
     return device, suffix
 
 
-def _online_devices(connection: _Connection, prefix: str, group: str | None) -> set[str]:
+def _online_devices(connection: ShortConnection, prefix: str, group: str | None) -> set[str]:
     """The devices whose retained status is ``online`` (and, with ``group``, whose retained config state lists
     that group)."""
     status: dict[str, bytes] = {}
@@ -256,7 +149,7 @@ def _groups(config_state: bytes) -> list[Any]:
     return groups if isinstance(groups, list) else []
 
 
-def _results(connection: _Connection, prefix: str, push_id: str, expected: set[str],
+def _results(connection: ShortConnection, prefix: str, push_id: str, expected: set[str],
              deadline: float) -> dict[str, Result]:
     """Each device's answer to the push, until every expected device has answered or ``deadline``."""
     results: dict[str, Result] = {}
