@@ -54,10 +54,13 @@ YOLOV8N = REPO.parent / "shared" / "models" / "yolov8n-640-random.onnx"
 
 
 class RunningDaemon:
-    def __init__(self, folder: Path, broker: Broker, model: Path, stream: dict[str, Any], threads: int):
+    def __init__(self, folder: Path, broker: Broker, model: Path, stream: dict[str, Any], threads: int,
+                 extra: dict[str, Any] | None = None):
+        """``extra``: more config sections (``snapshots``, ``tracking``, ...)."""
         config = {"device_id": DEVICE, "mqtt": broker.settings().model_dump(mode="json"),
                   "model": {"path": str(model.resolve())}, "inference": {"providers": ["cpu"], "threads": threads},
-                  "streams": [{"name": "s", **stream}], "remote_config": {"state_dir": str(folder / "state")}}
+                  "streams": [{"name": "s", **stream}], "remote_config": {"state_dir": str(folder / "state")},
+                  **(extra or {})}
         path = folder / "bench.yaml"
         path.write_text(yaml.safe_dump(config))
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -92,11 +95,12 @@ class RunningDaemon:
         self.log.close()
 
 
-def edged_run(folder: Path, broker: Broker, model: Path, video: Path, frames: int, threads: int) -> dict[str, Any]:
+def edged_run(folder: Path, broker: Broker, model: Path, video: Path, frames: int, threads: int,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The daemon on the whole file: frames per second from its first publish (start-up, model load and
     warm-up, is not throughput), and its READY time and RSS. Each message's JSON is decoded once, at the end."""
     with Subscriber(broker, DETECTIONS, client_id="bench-tp").start() as sub:
-        daemon = RunningDaemon(folder, broker, model, {"source": str(video), "realtime": False}, threads)
+        daemon = RunningDaemon(folder, broker, model, {"source": str(video), "realtime": False}, threads, extra)
         try:
             ready_s = daemon.ready_after_s()
             sub.wait_for(lambda: len(sub.received) >= frames, timeout=600, what="every frame")

@@ -23,6 +23,7 @@ log = logging.getLogger("edged.cli")
 EXIT_ERROR = 1
 EXIT_CONFIG = 2  # the contract's exit code for an invalid config
 SENSORS_CPU_WINDOW_S = 0.5
+TRACK_LOW = 0.1  # edged detect --track: ByteTrack's second-stage score, as tracking.low defaults to
 
 
 def _input_size(text: str) -> int | tuple[int, int]:
@@ -114,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--format", choices=("json", "summary"), default="json",
                         help="stdout format: json lines (default) or a readable summary line per frame")
     detect.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    detect.add_argument("--track", action="store_true",
+                        help="track objects (ByteTrack): each detection gets track_id, velocity (px/s) and age_s; "
+                             "only confirmed tracks' detections are printed")
+    detect.add_argument("--min-hits", type=int, default=3, help="with --track: detections before a track is "
+                                                                 "confirmed (default 3)")
+    detect.add_argument("--max-age", type=int, default=30, help="with --track: frames a track survives unseen "
+                                                                 "(default 30)")
     detect.add_argument("--stream", default=None, help="stream name in the messages (default: from the source)")
     detect.add_argument("--device-id", default=None, help="device_id in the messages (default: the hostname)")
     detect.set_defaults(handler=cmd_detect)
@@ -249,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_detector(args: argparse.Namespace) -> Detector:
+    from edged.tracking import detection_floor
+
     config = SessionConfig(providers=tuple(args.providers), threads=args.threads)
+    confidence = detection_floor(args.conf, TRACK_LOW) if getattr(args, "track", False) else args.conf
     return Detector(args.model or demo_model_path(), config, family=args.family, labels=args.labels,
-                    input_size=args.input_size, confidence=args.conf, iou=args.iou, classes=args.classes)
+                    input_size=args.input_size, confidence=confidence, iou=args.iou, classes=args.classes)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -272,8 +283,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
         sinks.append(JsonLinesSink(sys.stdout))
     if args.save_video:
         sinks.append(AnnotatedVideoSink(args.save_video, source.fps))
+    tracker = None
+    if args.track:
+        from edged.tracking import Tracker
+
+        tracker = Tracker(min_hits=args.min_hits, max_age=args.max_age, high=args.conf, low=TRACK_LOW)
     pipeline = Pipeline(detector, args.stream or source_name(args.source), sinks,
-                        args.device_id or default_device_id())
+                        args.device_id or default_device_id(), tracker=tracker)
     try:
         with source:
             pipeline.run(source, max_frames=args.max_frames)

@@ -190,6 +190,32 @@ class ResourceSettings(Section):
         default_factory=lambda: ["fps", "precision", "input_size"])
 
 
+class TrackingSettings(Section):
+    enabled: bool = True  # track ids, velocities and ages on detections; counts and object events
+    min_hits: int = Field(3, ge=1, le=100)  # detections before a track is confirmed (object_entered)
+    max_age: int = Field(30, ge=1, le=10000)  # frames a track survives unseen (then object_left)
+    low: float = Field(0.1, gt=0, le=1)  # ByteTrack's second stage: detections from this score keep tracks alive
+    count_debounce_s: float = Field(1.0, ge=0, le=3600)  # a changed count waits this long to settle
+
+
+class SnapshotSettings(Section):
+    enabled: bool = True  # a retained JPEG per stream and label
+    boxes: bool = True  # draw the object's box on it
+    quality: int = Field(80, ge=1, le=100)  # JPEG quality
+    max_width: int = Field(640, ge=32, le=8192)  # larger frames are scaled down to this width
+    interval_s: float = Field(1.0, ge=0, le=3600)  # a label's snapshot is sent at most this often
+
+
+class HomeAssistantSettings(Section):
+    enabled: bool = False  # MQTT discovery configs under the discovery prefix
+    discovery_prefix: str = Field("homeassistant", min_length=1)
+
+    @field_validator("discovery_prefix")
+    @classmethod
+    def _no_wildcards(cls, value: str) -> str:
+        return MqttSettings._no_wildcards(value)
+
+
 class HealthSettings(Section):
     interval_s: float = Field(5, gt=0)
 
@@ -218,6 +244,9 @@ class Config(Section):
     streams: list[StreamSettings] = Field(
         default_factory=lambda: [StreamSettings(name="front", source="/dev/video0")], min_length=1)
     resources: ResourceSettings = ResourceSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    snapshots: SnapshotSettings = SnapshotSettings()
+    home_assistant: HomeAssistantSettings = HomeAssistantSettings()
     health: HealthSettings = HealthSettings()
     remote_config: RemoteConfigSettings = RemoteConfigSettings()
 

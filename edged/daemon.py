@@ -11,9 +11,10 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 from edged.config import Config, ConfigError, StreamSettings, load_config
+from edged.dashboards import HomeAssistant, SnapshotEncoder, StreamObjects
 from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
 from edged.health import RollingWindow
@@ -30,9 +31,11 @@ from edged.remote.service import RemoteConfig
 from edged.resources.governor import fps_cap, max_fps_halvings
 from edged.resources.manager import SHED_DETECTIONS, ResourceManager
 from edged.signals import SignalLatch
+from edged.sinks import Sink
 from edged.sources import Frame
 from edged.streams import OUTAGE_STATES, StreamReader
 from edged.systemd import Notifier
+from edged.tracking import Tracker, detection_floor
 
 log = logging.getLogger("edged.daemon")
 
@@ -65,7 +68,14 @@ def make_detector(config: Config, variant: Variant | None = None) -> Detector:
         session = replace(session, providers=(variant.provider,), precision=variant.precision)
         path, input_size = variant.model, variant.input_size
     return Detector(path, session, family=model.family, labels=model.labels, input_size=input_size,
-                    confidence=model.confidence, iou=model.iou, classes=model.classes)
+                    confidence=reported_from(config), iou=model.iou, classes=model.classes)
+
+
+def reported_from(config: Config) -> float:
+    """The score from which the detector reports: the confidence threshold, or lower with tracking (ByteTrack's
+    low-score detections keep tracks alive; only those of confirmed tracks are published)."""
+    confidence = config.model.confidence
+    return detection_floor(confidence, config.tracking.low) if config.tracking.enabled else confidence
 
 
 class MqttSink:
@@ -88,14 +98,17 @@ class StreamRunner:
     """One stream: its capture thread, its pipeline thread, and the numbers health reports."""
 
     def __init__(self, settings: StreamSettings, detector: Detector, mqtt: Callable[[], MqttClient], device_id: str,
-                 seq: int, on_state: Callable[[str, str, str], None]):
+                 seq: int, on_state: Callable[[str, str, str], None], tracker: Tracker | None = None,
+                 sinks: Sequence[Sink] = ()):
+        """``tracker`` and ``sinks``: with tracking, the stream's tracker, and what publishes its objects."""
         self.name = settings.name
         self.settings = settings
         self.reader = StreamReader(settings.name, str(settings.source), realtime=settings.realtime,
                                    max_fps=settings.max_fps, loop=settings.loop, on_state=self._on_state,
                                    stall_s=settings.stall_s, backoff_max_s=settings.reconnect_max_s)
         self._report_state = on_state
-        self.pipeline = Pipeline(detector, settings.name, [MqttSink(mqtt, settings.name), self], device_id, seq)
+        self.pipeline = Pipeline(detector, settings.name, [MqttSink(mqtt, settings.name), self, *sinks], device_id, seq,
+                                 tracker)
         self.latency = RollingWindow()
         self.inference_ms = RollingWindow()
         self.settled = threading.Event()  # first result published, or the source reported down
@@ -133,6 +146,11 @@ class StreamRunner:
             except Exception:  # keep the stream alive: a bug in one frame must not end it
                 log.exception("stream %s: pipeline failed; restarting it", self.name)
                 time.sleep(1.0)
+
+    def resend_objects(self) -> None:
+        for sink in self.pipeline.sinks:
+            if isinstance(sink, StreamObjects):
+                sink.resend()
 
     def shed_memory(self, shedding: bool) -> None:
         """Hold fewer decoded frames while memory is short: in the reader's queue and between the stages."""
@@ -186,6 +204,9 @@ class Daemon:
         self.resources: ResourceManager | None = None  # with the first session: it steps through its ladder
         self._applying = False  # a change is being applied: the resource manager waits
         self._next_seq: dict[str, int] = {}  # streams stopped so far: one started again carries on from here
+        self._next_track_id: dict[str, int] = {}  # the same for track ids: unique per stream for the daemon's life
+        self.snapshots = SnapshotEncoder(lambda: self.mqtt)
+        self.home_assistant = HomeAssistant(lambda: self.mqtt)
         self._ready = False
         self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
         self._states: list[str] = []
@@ -216,6 +237,7 @@ class Daemon:
             self.mqtt.stop(FLUSH_S)
             return 0
         self.remote.attach()
+        self._announce()
         while not self.signals.stop.wait(LOOP_S):
             self._housekeeping(time.monotonic())
             if self.signals.reload.is_set():
@@ -257,6 +279,8 @@ class Daemon:
             self._feed_watchdog(now, [r.name for r in runners if not r.progressing(now)])
         if now >= self._next_health:
             self._publish_health()
+            for runner in runners:
+                runner.resend_objects()
             self._next_health = now + self.config.health.interval_s
 
     def _feed_watchdog(self, now: float, stalled: list[str]) -> None:
@@ -383,9 +407,16 @@ class Daemon:
 
     def _start_stream(self, settings: StreamSettings) -> None:
         assert self.detector is not None
+        tracker, sinks = None, []
+        tracking = self.config.tracking
+        if tracking.enabled:
+            tracker = Tracker(min_hits=tracking.min_hits, max_age=tracking.max_age, high=self.config.model.confidence,
+                              low=tracking.low, first_id=self._next_track_id.get(settings.name, 1))
+            sinks.append(StreamObjects(settings.name, tracker, self.config, lambda: self.mqtt, self._event,
+                                       self.snapshots))
         self.runners[settings.name] = runner = StreamRunner(
             settings, self.detector, lambda: self.mqtt, self.device_id, self._next_seq.get(settings.name, 0),
-            self._on_stream_state)
+            self._on_stream_state, tracker, sinks)
         if self.resources is not None:
             self._cap(runner, self.resources.governor.fps_halvings)
             runner.shed_memory(self.resources.shedding)
@@ -400,6 +431,8 @@ class Daemon:
         for runner in runners:
             runner.join(deadline)
             self._next_seq[runner.name] = runner.pipeline.seq
+            if runner.pipeline.tracker is not None:
+                self._next_track_id[runner.name] = runner.pipeline.tracker.next_id
         if runners:
             release_freed_memory()
 
@@ -407,6 +440,7 @@ class Daemon:
         log.info("stopping: finishing frames in flight")
         self.notifier.stopping()
         self._stop_streams(list(self.runners))
+        self.snapshots.stop()
         assert self.mqtt is not None
         self.mqtt.stop(FLUSH_S)
         log.info("stopped")
@@ -453,7 +487,10 @@ class Daemon:
                 if detector is None:  # stopping
                     return ["the daemon is stopping"]
             elif plan.thresholds:
-                detector.set_thresholds(new.model.confidence, new.model.iou, new.model.classes)
+                detector.set_thresholds(reported_from(new), new.model.iou, new.model.classes)
+                for runner in self.runners.values():
+                    if runner.pipeline.tracker is not None:
+                        runner.pipeline.tracker.high = new.model.confidence
         except Exception as exc:  # ModelError, or ONNX Runtime failing in a way it does not name
             return self._reject(f"{cause}: its model could not be used", [f"model: {exc}"])
         if plan.reconnect_mqtt and (problem := self._reconnect(new)):
@@ -475,6 +512,7 @@ class Daemon:
         log.info("config applied: %s", plan.describe())
         self._event("config_applied", f"{cause}: {plan.describe()}.")
         self.remote.attach()
+        self._announce()
         return []
 
     def _commit(self, plan: Plan, new: Config, detector: Detector, restart_resources: bool) -> None:
@@ -517,6 +555,13 @@ class Daemon:
         if self.resources is not None and self.resources.shedding:
             successor.limit_droppable(SHED_DETECTIONS)
         return None
+
+    def _announce(self) -> None:
+        """Home Assistant discovery for the config in force (withdrawn when turned off)."""
+        assert self.detector is not None
+        classes = self.config.model.classes
+        labels = [label for label in self.detector.labels if classes is None or label in classes]
+        self.home_assistant.configure(self.config, labels)
 
     def _reject(self, why: str, errors: list[str]) -> list[str]:
         for line in errors:

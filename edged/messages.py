@@ -56,7 +56,7 @@ def detections_message(device_id: str, stream: str, seq: int, frame: Frame, resu
 EVENT_SCHEMA = "edged.event/1"
 HEALTH_SCHEMA = "edged.health/1"
 EVENT_KINDS = ("stream_up", "stream_down", "level_changed", "step_down", "step_up", "model_switched",
-               "config_applied", "config_rejected", "error")
+               "config_applied", "config_rejected", "object_entered", "object_left", "error")
 
 
 def event_message(device_id: str, kind: str, detail: str, stream: str | None = None, **fields: Any) -> dict[str, Any]:

@@ -256,6 +256,12 @@ class MqttClient:
             if self._up:
                 self._enqueue(topic, data, self.settings.qos, True, False)
 
+    def clear_retained(self, topic: str) -> None:
+        """Remove retained state: an empty retained message (how MQTT deletes it), and no more re-sending."""
+        with self._cond:
+            self._retained.pop(topic, None)
+            self._enqueue(topic, b"", self.settings.qos, True, False)
+
     def limit_droppable(self, limit: int | None) -> None:
         """Hold at most ``limit`` droppable messages (detections) queued from now on, the oldest dropped first
         and counted in ``dropped``; None: ``queue_limit`` alone bounds them again. The resource manager's
@@ -285,10 +291,13 @@ class MqttClient:
             self._kept.clear()
             self._droppable.clear()
             dropped = self._dropped
+        same_topics = successor.topic("") == self.topic("")
         with successor._cond:
             for message in unacknowledged:
                 successor._enqueue(message.topic, message.payload, message.qos, message.retain, message.droppable)
             successor._dropped += dropped
+            if same_topics:  # the retained state (health, config state, counts...) goes on being re-sent
+                successor._retained.update(self._retained)
         if unacknowledged:
             log.info("handing %d queued messages over to the new connection", len(unacknowledged))
 

@@ -19,6 +19,7 @@ from edged.inference.preprocess import Letterbox
 from edged.messages import detections_message, model_descriptor
 from edged.sinks import Sink
 from edged.sources import Frame
+from edged.tracking import Tracker
 
 log = logging.getLogger("edged.pipeline")
 
@@ -97,8 +98,12 @@ class Pipeline:
     """``detector`` may be replaced at any time from another thread (a reload, a resource step): the
     next frame to be preprocessed uses the new one, frames already in flight finish on theirs."""
 
-    def __init__(self, detector: Detector, stream: str, sinks: Sequence[Sink], device_id: str, seq: int = 0):
+    def __init__(self, detector: Detector, stream: str, sinks: Sequence[Sink], device_id: str, seq: int = 0,
+                 tracker: Tracker | None = None):
+        """``tracker``: publish tracked detections (``Tracker.track``); its detector must report down to the
+        tracker's ``low``."""
         self.detector = detector
+        self.tracker = tracker
         self.stream = stream
         self.sinks = list(sinks)
         self.device_id = device_id
@@ -114,8 +119,10 @@ class Pipeline:
             stage.resize(self._stage_depth)
 
     def publish(self, frame: Frame, result: DetectionResult, model: dict[str, Any]) -> dict[str, Any]:
-        """Number the message, hand it to every sink; ``model`` is the ``model_descriptor`` of the detector
-        that produced ``result``."""
+        """Track (with a tracker), number the message, hand it to every sink; ``model`` is the
+        ``model_descriptor`` of the detector that produced ``result``."""
+        if self.tracker is not None:
+            result = self.tracker.track(result, frame.ts_scene)
         message = detections_message(self.device_id, self.stream, self.seq, frame, result, model)
         self.seq += 1
         for sink in self.sinks:

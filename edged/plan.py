@@ -6,7 +6,7 @@ says which parts of the running daemon must change for it, and the daemon applie
 - the ONNX Runtime session is rebuilt only when the model or the inference settings change;
 - thresholds (``model.confidence``, ``iou``, ``classes``) are set on the running detector;
 - a stream is restarted only when its own settings change (a new ``max_fps`` alone is set on the
-  running reader); streams added or removed are started or stopped; the others carry on untouched,
+  running reader), or the tracking settings (each stream's tracker starts again); streams added or removed are started or stopped; the others carry on untouched,
   with their reader, their place in the file, ``seq`` and ``frame_id``;
 - the MQTT connection is rebuilt only when ``mqtt`` or ``device_id`` change;
 - everything else (health, resources, remote_config) is read where it is used, in place.
@@ -41,14 +41,18 @@ class Plan:
         new_model = new.model.model_dump(exclude=set(THRESHOLD_KEYS))
         old_streams = {s.name: s for s in old.streams}
         new_streams = {s.name: s for s in new.streams}
-        common = [name for name in new_streams if name in old_streams and new_streams[name] != old_streams[name]]
+        # A change of tracking settings starts every stream's tracker again: the streams restart.
+        retrack = old.tracking != new.tracking
+        common = [name for name in new_streams
+                  if name in old_streams and (retrack or new_streams[name] != old_streams[name])]
         retuned = tuple(name for name in common
-                        if old_streams[name].model_dump(exclude=set(LIVE_STREAM_KEYS))
+                        if not retrack and old_streams[name].model_dump(exclude=set(LIVE_STREAM_KEYS))
                         == new_streams[name].model_dump(exclude=set(LIVE_STREAM_KEYS)))
-        handled = {"model", "inference", "streams", "mqtt", "device_id"}
+        handled = {"model", "inference", "streams", "mqtt", "device_id", "tracking"}
         return cls(
             rebuild_session=old_model != new_model or old.inference != new.inference,
-            thresholds=any(getattr(old.model, key) != getattr(new.model, key) for key in THRESHOLD_KEYS),
+            thresholds=any(getattr(old.model, key) != getattr(new.model, key) for key in THRESHOLD_KEYS)
+            or (old.tracking.enabled, old.tracking.low) != (new.tracking.enabled, new.tracking.low),
             streams_added=tuple(name for name in new_streams if name not in old_streams),
             streams_removed=tuple(name for name in old_streams if name not in new_streams),
             streams_restarted=tuple(name for name in common if name not in retuned),

@@ -34,6 +34,14 @@ class Frame:
     image: np.ndarray  # BGR uint8
     ts_capture: float  # Unix seconds, taken when the read returned
     file: str | None = None  # the image file, for image sources
+    # Video files: the frame's time in the video (frame_id / fps), which a file read faster or slower than it
+    # plays does not distort; the tracker's clock (velocities in pixels per second of the scene).
+    ts_media: float | None = None
+
+    @property
+    def ts_scene(self) -> float:
+        """When the scene looked like this: the video's time for files, else the capture time."""
+        return self.ts_media if self.ts_media is not None else self.ts_capture
 
 
 def source_kind(spec: str) -> str:
@@ -157,7 +165,8 @@ class CaptureSource(FrameSource):
                 if frame_id == 0:
                     raise SourceError(f"{redact(self.spec)}: no frame could be read")
                 return
-            yield Frame(frame_id, image, stamp)
+            fps = self.fps if self.kind == "video" else None
+            yield Frame(frame_id, image, stamp, ts_media=frame_id / fps if fps else None)
             frame_id += 1
 
     def close(self) -> None:

@@ -275,6 +275,8 @@ class StreamReader:
                 last_frame = time.monotonic()
                 count += 1
                 frame.frame_id = self._next_id
+                if frame.ts_media is not None and fps:  # across loops, the video's time goes on too
+                    frame.ts_media = frame.frame_id / fps
                 self._next_id += 1
                 if count == 1:
                     height, width = frame.image.shape[:2]

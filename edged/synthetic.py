@@ -198,8 +198,10 @@ def write_clip(path: str | Path, seed: int, frames: int = 600, fps: float = 30.0
                progress: Callable[[int, int], None] | None = None) -> Path:
     """Render a clip of moving, rotating shapes and its ground truth (``<path>.json``).
 
-    The ground-truth file holds the labels and, per frame, the boxes in pixels and
-    their class ids: ``{"labels": [...], "frames": [{"frame_id", "boxes", "class_ids"}]}``.
+    The ground-truth file holds the labels and, per frame, the boxes in pixels, their
+    class ids and the shapes' ids (each shape's index in the scene, the same for the
+    whole clip, for tracking):
+    ``{"labels": [...], "frames": [{"frame_id", "boxes", "class_ids", "ids"}]}``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +222,8 @@ def write_clip(path: str | Path, seed: int, frames: int = 600, fps: float = 30.0
             writer.write(add_noise(rng, image, 3.0))  # the video codec adds the compression artefacts
             truth.append({"frame_id": frame_id,
                           "boxes": [[round(v, 2) for v in s.box(width, height)] for s in scene],
-                          "class_ids": [s.class_id for s in scene]})
+                          "class_ids": [s.class_id for s in scene],
+                          "ids": list(range(len(scene)))})
             _move(scene, speed, width, height)
             if progress:
                 progress(frame_id + 1, frames)

@@ -18,7 +18,7 @@ from tests.broker import Broker, Subscriber
 from tests.conftest import REPO
 
 SCHEMAS = {name: json.loads((REPO / "edged" / "schemas" / f"{name}.json").read_text())
-           for name in ("detections", "health", "event", "config_result", "config_state")}
+           for name in ("detections", "health", "event", "config_result", "config_state", "objects")}
 DEVICE = "test-dev"
 P = f"edged/{DEVICE}"
 

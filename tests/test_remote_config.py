@@ -308,9 +308,14 @@ def test_mqtt_changes_are_tried_first_and_lose_nothing(tmp_path: Path, broker: B
             sub.wait_for(lambda: len(after(sub, "a", rejected_at)) >= 3, timeout=10, what="the first broker")
             sent = time.time()
             moved = json.dumps({"id": "move", "version": 2, "config": {"mqtt": {"port": second.port}}})
+            # The second broker answers the daemon's probe only a second after the first stops acknowledging:
+            # whatever the daemon publishes meanwhile is queued when it moves, and must reach the second broker.
+            second.pause()
             sub.publish(f"{P}/config/set", moved)
-            time.sleep(0.02)  # the push is with the daemon; from now on its messages to the first broker queue up
+            time.sleep(0.05)  # the push is with the daemon
             broker.pause()
+            time.sleep(1.0)
+            second.resume()
             try:
                 sub2.wait_for(lambda: [r for r in results(sub2) if r["id"] == "move"], timeout=30,
                               what="the result, from the second broker")

@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import onnx
@@ -18,6 +18,9 @@ from edged.inference.families import Family, detect_family, get_family, FAMILIES
 from edged.inference.nms import nms
 from edged.inference.preprocess import Letterbox
 from edged.inference.session import SessionConfig, create_session, short_name
+
+if TYPE_CHECKING:
+    from edged.tracking import TrackUpdate
 
 log = logging.getLogger("edged.inference")
 
@@ -34,10 +37,19 @@ class Detection:
     class_id: int
     score: float
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
+    # With tracking (edged.tracking): the track's id, its velocity (px/s) and age (s).
+    track_id: int | None = None
+    velocity: tuple[float, float] | None = None
+    age_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"label": self.label, "class_id": self.class_id, "score": round(self.score, 4),
-                "box": [round(v, 1) for v in self.box]}
+        data: dict[str, Any] = {"label": self.label, "class_id": self.class_id, "score": round(self.score, 4),
+                                "box": [round(v, 1) for v in self.box]}
+        if self.track_id is not None:
+            assert self.velocity is not None and self.age_s is not None
+            data.update(track_id=self.track_id, velocity=[round(v, 1) for v in self.velocity],
+                        age_s=round(self.age_s, 3))
+        return data
 
 
 @dataclass
@@ -46,6 +58,7 @@ class DetectionResult:
     width: int
     height: int
     timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference, postprocess
+    tracks: TrackUpdate | None = None  # with tracking: what the stream's tracker made of this frame
 
 
 @dataclass(frozen=True)

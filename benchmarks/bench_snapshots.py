@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""What snapshots cost the pipeline: ``edged run`` throughput on a video file (every frame) with snapshots on,
+over the same with snapshots off, in interleaved rounds with load rejection (rounds.py).
+
+Tracking is on in both (snapshots come from tracks). "On" is the worst case: ``snapshots.interval_s: 0``, so
+every new best frame of every label's newest object is scaled, drawn and JPEG-encoded (in the encoder thread,
+off the inference path) and published retained. A real Mosquitto runs on a free loopback port.
+
+    python benchmarks/bench_snapshots.py [--frames 300] [--repeats 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+from tqdm import tqdm
+
+from bench_daemon import edged_run  # this folder is on sys.path when run as a script; it puts the repo there
+from edged.demo import demo_model_path
+from edged.synthetic import write_clip
+from rounds import Case, add_options, run_rounds, summarize
+from tests.broker import Broker
+
+CASES = {"snapshots_off": {"snapshots": {"enabled": False}},
+         "snapshots_on": {"snapshots": {"enabled": True, "interval_s": 0}}}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=300)
+    add_options(parser)
+    parser.add_argument("--threads", type=int, default=0, help="inference threads (0: ONNX Runtime's default)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
+        video = write_clip(Path(tmp) / "bench.mp4", seed=99, frames=args.frames)
+        cases: dict[str, Case] = {
+            name: partial(edged_run, Path(tmp), broker, demo_model_path(), video, args.frames, args.threads, extra)
+            for name, extra in CASES.items()}
+        with tqdm(total=len(cases) * args.repeats, desc="benchmark", unit="run", disable=None) as bar:
+            rounds = run_rounds(cases, args.repeats, args.max_other_load, bar, "snapshots", [broker.process.pid],
+                                measured="snapshots_on", baselines=("snapshots_off",))
+    summary = summarize(rounds, args.max_other_load)
+    for index, r in enumerate(rounds, 1):
+        cells = ", ".join(f"{name} {r.results[name]['fps']:.1f} fps (other load {r.other_cores[name]:.2f})"
+                          for name in r.order)
+        verdict = "accepted" if r.accepted else f"REJECTED: other load over {args.max_other_load} cores"
+        print(f"round {index}: {cells}; on / off {r.ratios['snapshots_off']:.3f}; {verdict}")
+    if summary["accepted"]:
+        print(f"median of {summary['accepted']} accepted rounds: snapshots on / off "
+              f"{summary['median_ratio']['snapshots_off']:.3f} ({summary['median_fps']})")
+    else:
+        print("NO ROUND ACCEPTED: every round ran beside other load; no ratio reported")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0 if summary["accepted"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Tracking and what dashboards get from it, end to end: the real daemon and CLI, a real Mosquitto, rendered clips
+with ground-truth identities."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+import pytest
+import yaml
+
+from edged.evaluation import mota
+from edged.synthetic import write_clip
+from tests.broker import Broker, Subscriber
+from tests.conftest import run_edged
+from tests.daemon import P, SCHEMAS, Daemon, detections, events, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def truth_counts(clip: Path) -> dict[str, int]:
+    data = json.loads(clip.with_suffix(".json").read_text())
+    return dict(Counter(data["labels"][c] for c in data["frames"][0]["class_ids"]))
+
+
+def objects(sub: Subscriber, stream: str) -> list[dict[str, Any]]:
+    return [m.json() for m in sub.messages(f"{P}/streams/{stream}/objects")]
+
+
+def test_counts_events_and_snapshots(tmp_path: Path, broker: Broker) -> None:
+    clip = write_clip(tmp_path / "scene.mp4", seed=21, frames=300, shapes=5)
+    expected = truth_counts(clip)
+    streams = [{"name": "cam", "source": str(clip), "loop": True, "realtime": True, "max_fps": 10}]
+    config = write_config(tmp_path, broker, streams, snapshots={"max_width": 320, "interval_s": 0.5},
+                          tracking={"count_debounce_s": 0.5})
+    with Subscriber(broker, f"{P}/#").start() as sub:
+        daemon = Daemon(config)
+        try:
+            sub.wait_for(lambda: objects(sub, "cam") and objects(sub, "cam")[-1]["counts"] == expected, timeout=30,
+                         what=f"counts {expected}")
+            for message in objects(sub, "cam"):
+                jsonschema.validate(message, SCHEMAS["objects"])
+            assert objects(sub, "cam")[-1]["total"] == sum(expected.values())
+            assert all(m.retained is False for m in sub.messages(f"{P}/streams/cam/objects"))  # live deliveries
+            for label in expected:
+                topic = f"{P}/streams/cam/{label}/snapshot"
+                sub.wait_for(lambda: sub.messages(topic), timeout=10, what=f"a {label} snapshot")
+                image = cv2.imdecode(np.frombuffer(sub.messages(topic)[-1].payload, np.uint8), cv2.IMREAD_COLOR)
+                assert image is not None and image.shape == (240, 320, 3), topic  # 640x480 scaled to 320 wide
+            tracked = [d for m in detections(sub, "cam") for d in m["detections"]]
+            assert tracked and all({"track_id", "velocity", "age_s"} <= set(d) for d in tracked)
+            for message in detections(sub, "cam")[-5:]:
+                jsonschema.validate(message, SCHEMAS["detections"])
+            first_ids = {e["track_id"] for e in events(sub, "object_entered")}
+            # The stream restarts (a setting of its own changed): its objects leave, and come back with new ids.
+            data = yaml.safe_load(config.read_text())
+            data["streams"][0]["stall_s"] = 7
+            config.write_text(yaml.safe_dump(data))
+            daemon.send(signal.SIGHUP)
+            sub.wait_for(lambda: {e["track_id"] for e in events(sub, "object_left")} >= first_ids, timeout=20,
+                         what="every object left when the stream restarted")
+            sub.wait_for(lambda: len(events(sub, "object_entered")) > len(first_ids), timeout=20,
+                         what="objects entering again")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+    entered, left = events(sub, "object_entered"), events(sub, "object_left")
+    for event in entered + left:
+        jsonschema.validate(event, SCHEMAS["event"])
+    ids = [e["track_id"] for e in entered]
+    assert len(ids) == len(set(ids)) and min(ids[len(first_ids):]) > max(first_ids), "a track id was used twice"
+    assert {e["track_id"] for e in left} == set(ids), "every object that entered left, by the stop at the latest"
+    for event in left:
+        assert event["duration_s"] == pytest.approx(event["last_seen"] - event["first_seen"], abs=1e-3)
+        assert event["label"] in expected and 0.4 <= event["score"] <= 1
+
+
+def test_home_assistant_discovery_follows_the_config(tmp_path: Path, broker: Broker, looping_clip: Path) -> None:
+    streams = [{"name": name, "source": str(looping_clip), "loop": True, "realtime": True, "max_fps": 5}
+               for name in ("a", "b")]
+    config = write_config(tmp_path, broker, streams, home_assistant={"enabled": True})
+    with Subscriber(broker, "homeassistant/#", client_id="ha").start() as ha:
+        daemon = Daemon(config)
+        try:
+            every = 2 * (2 + 3 + 3) + 5  # per stream fps, state, a count and a snapshot per label; per device 5
+            ha.wait_for(lambda: len({m.topic for m in ha.messages()}) == every, timeout=30,
+                        what="the discovery configs")
+            configs = {m.topic: m.json() for m in ha.messages()}
+            for topic, entity in configs.items():
+                assert entity["unique_id"] and entity["device"]["identifiers"] == ["edged_test-dev"], topic
+                assert entity["availability"][0]["topic"] == f"{P}/status"
+            b_topics = {t for t in configs if "/b_" in t}
+            assert len(b_topics) == 2 + 3 + 3  # fps, state, a count and a snapshot per label
+            data = yaml.safe_load(config.read_text())
+            data["streams"] = data["streams"][:1]
+            config.write_text(yaml.safe_dump(data))
+            daemon.send(signal.SIGHUP)  # b goes: its entities are removed
+            ha.wait_for(lambda: all(ha.messages(t)[-1].payload == b"" for t in b_topics), timeout=20,
+                        what="b's entities removed")
+            sent = len(ha.messages())
+            ha.publish("homeassistant/status", "online")  # Home Assistant restarted: announce again
+            ha.wait_for(lambda: len(ha.messages()) >= sent + len(configs) - len(b_topics), timeout=10,
+                        what="the entities announced again")
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+    with Subscriber(broker, "homeassistant/#", client_id="fresh").start() as fresh:
+        time.sleep(1.0)
+        retained = {m.topic for m in fresh.messages() if m.payload}
+    assert retained == set(configs) - b_topics
+
+
+def test_detect_track_keeps_identities_on_a_clip_with_ground_truth(tmp_path: Path) -> None:
+    """ID switches at most 1 per 20 ground-truth tracks, through the real detector and CLI."""
+    clip = write_clip(tmp_path / "ids.mp4", seed=20261127, frames=300, shapes=12)
+    out = tmp_path / "tracked.jsonl"
+    done = run_edged("detect", clip, "--track", "--out", out, timeout=300)
+    assert done.returncode == 0, done.stderr
+    truth_data = json.loads(clip.with_suffix(".json").read_text())
+    truth = {f["frame_id"]: list(zip(f["ids"], f["boxes"])) for f in truth_data["frames"]}
+    predicted = {}
+    for line in out.read_text().splitlines():
+        message = json.loads(line)
+        predicted[message["frame_id"]] = [(d["track_id"], d["box"]) for d in message["detections"]]
+    result = mota(predicted, truth)
+    print(f"\nMOTA {result['mota']:.4f} over {result['gt_tracks']} ground-truth tracks, {result['gt']} boxes: "
+          f"{result['id_switches']} id switches, {result['fn']} misses, {result['fp']} false positives")
+    assert result["id_switches"] * 20 <= result["gt_tracks"]
+    assert result["mota"] > 0.95

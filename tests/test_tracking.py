@@ -1,0 +1,233 @@
+"""The ByteTrack-style tracker on scripted motions, and MOTA, on hand-made cases and a rendered clip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edged.evaluation import mota
+from edged.synthetic import write_clip
+from edged.tracking import IN_VIEW_MISSES, Tracker, TrackUpdate
+
+LABELS = ["circle", "square", "triangle"]
+FPS = 30.0
+
+
+def box(cx: float, cy: float, w: float = 40.0, h: float = 30.0) -> list[float]:
+    return [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]
+
+
+def step(tracker: Tracker, detections: list[tuple[list[float], float, int]], ts: float) -> TrackUpdate:
+    """One frame: detections as (box, score, class id)."""
+    boxes = np.array([d[0] for d in detections], dtype=np.float64).reshape(-1, 4)
+    return tracker.update(boxes, np.array([d[1] for d in detections]), np.array([d[2] for d in detections]),
+                          LABELS, ts)
+
+
+def ids(update: TrackUpdate) -> dict[int, int]:
+    """Detection index -> track id."""
+    return {t.detection_index: t.track_id for t in update.tracked}
+
+
+def test_constant_velocity_confirms_after_min_hits_with_one_id_and_true_velocity():
+    tracker = Tracker(min_hits=3)
+    velocity = (120.0, -45.0)
+    entered, seen = [], set()
+    for k in range(60):
+        ts = 10.0 + k / FPS
+        update = step(tracker, [(box(100 + velocity[0] * k / FPS, 300 + velocity[1] * k / FPS), 0.9, 0)], ts)
+        entered += update.entered
+        assert len(update.tracked) == (0 if k < 2 else 1)  # tentative for the first two frames
+        seen.update(t.track_id for t in update.tracked)
+        assert update.left == []
+    assert [e.track_id for e in entered] == list(seen) and len(seen) == 1
+    assert entered[0].first_seen == 10.0 and entered[0].label == "circle"
+    last = update.tracked[0]
+    assert last.velocity == pytest.approx(velocity, rel=0.05)
+    assert last.age_s == pytest.approx(59 / FPS)
+
+
+def test_occlusion_keeps_the_id():
+    tracker = Tracker()
+    updates = []
+    for k in range(40):
+        hidden = 20 <= k < 25  # five frames without a detection
+        detections = [] if hidden else [(box(50 + 3 * k, 200 + k), 0.9, 0)]
+        updates.append(step(tracker, detections, k / FPS))
+    for k, update in enumerate(updates[20:25]):
+        assert update.tracked == [] and update.entered == [] and update.left == []
+        # Still counted for the first IN_VIEW_MISSES - 1 frames hidden, then no longer in view (though alive).
+        assert update.in_view == ({"circle": 1} if k + 1 < IN_VIEW_MISSES else {})
+    assert {t.track_id for u in updates for t in u.tracked} == {1}
+    assert sum(len(u.entered) for u in updates) == 1
+    assert len(updates[25].tracked) == 1
+
+
+def test_two_objects_of_one_class_crossing_keep_their_ids():
+    tracker = Tracker()
+    tracks = {}
+    for k in range(60):
+        t = k / FPS
+        a, b = box(100 + 150 * t, 200, 40, 40), box(400 - 150 * t, 215, 40, 40)  # they meet at t = 1 s
+        update = step(tracker, [(a, 0.9, 1), (b, 0.8, 1)], t)
+        if k >= 2:
+            assert len(update.tracked) == 2
+            for index, track_id in ids(update).items():
+                assert tracks.setdefault(index, track_id) == track_id
+    assert len(set(tracks.values())) == 2
+
+
+def test_dropped_frames_gap_keeps_velocity_in_pixels_per_second():
+    tracker = Tracker()
+    vx, vy = 90.0, 30.0
+    times = [k / FPS for k in range(30)] + [29 / FPS + 0.5 + k / FPS for k in range(30)]  # 0.5 s of frames lost
+    velocities, track_ids = [], set()
+    for t in times:
+        update = step(tracker, [(box(100 + vx * t, 100 + vy * t), 0.9, 2)], t)
+        track_ids.update(x.track_id for x in update.tracked)
+        if update.tracked:
+            velocities.append(update.tracked[0].velocity)
+    assert track_ids == {1}
+    after_gap, last = velocities[28], velocities[-1]  # frames 0-1 are tentative: index 28 is frame 30
+    assert after_gap == pytest.approx((vx, vy), rel=0.1)
+    assert last == pytest.approx((vx, vy), rel=0.1)
+
+
+def test_classes_are_tracked_apart():
+    tracker = Tracker()
+    circle_ids, square_ids = set(), set()
+    for k in range(30):
+        same = box(200 + 2 * k, 200)
+        update = step(tracker, [(same, 0.9, 0), (same, 0.9, 1)] if k % 2 else [(same, 0.9, 1), (same, 0.9, 0)],
+                      k / FPS)
+        for index, track_id in ids(update).items():
+            (circle_ids if (index == 0) == bool(k % 2) else square_ids).add(track_id)
+    assert len(circle_ids) == 1 and len(square_ids) == 1 and circle_ids != square_ids
+    assert update.in_view == {"circle": 1, "square": 1}
+
+
+def test_low_score_detections_continue_tracks_but_start_none():
+    tracker = Tracker(high=0.5, low=0.1)
+    for k in range(30):
+        score = 0.3 if 10 <= k < 15 else 0.9
+        update = step(tracker, [(box(100 + 2 * k, 100), score, 0), (box(400, 300 + k), 0.3, 0)], k / FPS)
+        if k >= 2:
+            assert ids(update) == {0: 1}  # the low-score-only object never gets a track
+    assert [t.track_id for t in tracker.flush()] == [1]
+    for k in range(3):
+        update = step(tracker, [(box(400, 300), 0.9, 0)], 2.0 + k / FPS)
+    assert [e.track_id for e in update.entered] == [2]  # no id was spent on the low-score-only object
+
+
+def test_a_tentative_track_missed_once_is_dropped_silently():
+    tracker = Tracker(min_hits=3)
+    step(tracker, [(box(100, 100), 0.9, 0)], 0.0)
+    step(tracker, [(box(102, 100), 0.9, 0)], 1 / FPS)
+    update = step(tracker, [], 2 / FPS)
+    assert update.left == [] and update.in_view == {}
+    for k in range(3, 6):
+        update = step(tracker, [(box(100 + 2 * k, 100), 0.9, 0)], k / FPS)
+    assert [e.track_id for e in update.entered] == [2]
+
+
+def test_min_hits_one_confirms_at_birth():
+    update = step(Tracker(min_hits=1), [(box(100, 100), 0.9, 0), (box(300, 100), 0.4, 0), (box(500, 100), 0.7, 2)],
+                  0.0)
+    assert ids(update) == {0: 1, 2: 2}
+    assert [(e.track_id, e.label) for e in update.entered] == [(1, "circle"), (2, "triangle")]
+    assert update.tracked[0].velocity == (0.0, 0.0) and update.tracked[0].age_s == 0.0
+
+
+def test_death_after_max_age_frames_is_reported_once():
+    tracker = Tracker(min_hits=3, max_age=5)
+    scores = [0.6, 0.7, 0.8, 0.95, 0.9, 0.7, 0.6, 0.55, 0.9, 0.8]
+    for k, score in enumerate(scores):
+        update = step(tracker, [(box(100 + 3 * k, 100), score, 1)], 5.0 + k / FPS)
+    left = []
+    for k in range(10, 20):
+        update = step(tracker, [], 5.0 + k / FPS)
+        assert bool(update.left) == (k == 14)  # unmatched at frames 10 to 14: five frames
+        assert update.in_view == ({"square": 1} if k - 9 < IN_VIEW_MISSES else {})
+        left += update.left
+    [info] = left
+    assert (info.track_id, info.label, info.class_id) == (1, "square", 1)
+    assert info.best_score == 0.95 and info.best_box == tuple(box(109, 100))
+    assert info.first_seen == 5.0 and info.last_seen == pytest.approx(5.0 + 9 / FPS)
+    assert info.duration_s == pytest.approx(9 / FPS)
+    assert tracker.flush() == []
+
+
+def test_flush_ends_the_live_confirmed_tracks():
+    tracker = Tracker(min_hits=2)
+    for k in range(3):
+        step(tracker, [(box(100, 100 + k), 0.9, 0), (box(300, 300), 0.8, 1)], k / FPS)
+    step(tracker, [(box(100, 103), 0.9, 0), (box(500, 100), 0.9, 2)], 3 / FPS)  # and a new tentative one
+    left = tracker.flush()
+    assert [(i.track_id, i.label, i.last_seen) for i in left] == [(1, "circle", 3 / FPS), (2, "square", 2 / FPS)]
+    assert tracker.flush() == []
+
+
+def test_in_view_counts_confirmed_tracks_per_label():
+    tracker = Tracker(min_hits=2)
+    scene = [(box(100, 100), 0.9, 0), (box(300, 100), 0.9, 0), (box(500, 300), 0.9, 1)]
+    assert step(tracker, scene, 0.0).in_view == {}
+    assert step(tracker, scene, 1 / FPS).in_view == {"circle": 2, "square": 1}
+    assert step(tracker, scene[1:], 2 / FPS).in_view == {"circle": 2, "square": 1}  # missed once: still counted
+
+
+def test_a_timestamp_that_does_not_increase_is_a_tiny_step():
+    tracker = Tracker(min_hits=1)
+    step(tracker, [(box(100, 100), 0.9, 0)], 1.0)
+    update = step(tracker, [(box(101, 100), 0.9, 0)], 0.5)
+    assert ids(update) == {0: 1}
+    assert all(np.isfinite(update.tracked[0].velocity))
+
+
+def test_mota_on_a_rendered_clip_with_noisy_ground_truth_detections(tmp_path):
+    video = write_clip(tmp_path / "c.mp4", seed=20261201, frames=150, shapes=8)
+    data = json.loads(video.with_suffix(".json").read_text())
+    rng = np.random.default_rng(3)
+    tracker = Tracker()
+    predicted, truth = {}, {}
+    for frame in data["frames"]:
+        gt = np.array(frame["boxes"], dtype=np.float64)
+        kept = rng.random(len(gt)) >= 0.02  # a few missed detections
+        boxes = gt[kept] + rng.normal(0, 1.0, size=(int(kept.sum()), 4))
+        scores = rng.uniform(0.6, 0.95, size=len(boxes))
+        update = tracker.update(boxes, scores, np.array(frame["class_ids"])[kept], data["labels"],
+                                frame["frame_id"] / data["fps"])
+        predicted[frame["frame_id"]] = [(t.track_id, boxes[t.detection_index]) for t in update.tracked]
+        truth[frame["frame_id"]] = list(zip(frame["ids"], frame["boxes"]))
+    result = mota(predicted, truth)
+    assert result["gt_tracks"] == len(data["frames"][0]["ids"]) >= 6
+    assert result["id_switches"] == 0
+    assert result["mota"] > 0.95, result
+
+
+BOX_A = [10.0, 10.0, 50.0, 50.0]
+BOX_B = [100.0, 100.0, 140.0, 160.0]
+FAR = [300.0, 300.0, 320.0, 320.0]
+
+
+def test_mota_counts_an_id_switch_a_miss_and_a_false_positive():
+    truth = {0: [(1, BOX_A), (2, BOX_B)], 1: [(1, BOX_A), (2, BOX_B)], 2: [(1, BOX_A), (2, BOX_B)], 3: [(1, BOX_A)]}
+    predicted = {0: [(10, BOX_A), (20, BOX_B)],
+                 1: [(30, BOX_A), (20, BOX_B)],  # object 1 switches from track 10 to 30
+                 2: [(30, BOX_A), (20, FAR)],  # object 2 missed, a false positive far away
+                 3: [(30, BOX_A)]}
+    result = mota(predicted, truth)
+    assert result == {"mota": pytest.approx(1 - 3 / 7), "fn": 1, "fp": 1, "id_switches": 1, "gt": 7,
+                      "gt_tracks": 2, "matches": 6}
+
+
+def test_mota_keeps_the_previous_frames_match_while_it_is_valid():
+    shifted = [14.0, 10.0, 54.0, 50.0]  # IoU 0.82 with BOX_A
+    truth = {0: [(1, BOX_A)], 1: [(1, BOX_A)], 2: [(1, BOX_A)]}
+    predicted = {0: [(10, shifted)], 1: [(10, shifted), (11, BOX_A)], 2: [(11, BOX_A)]}
+    # Frame 1: track 10 still overlaps enough, so it keeps object 1 although 11 fits better (11: a false
+    # positive); frame 2: only 11 is left, a switch.
+    assert mota(predicted, truth) == {"mota": pytest.approx(1 - 2 / 3), "fn": 0, "fp": 1, "id_switches": 1,
+                                      "gt": 3, "gt_tracks": 1, "matches": 3}
+    assert np.isnan(mota({0: [(1, BOX_A)]}, {})["mota"])
