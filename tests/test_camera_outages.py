@@ -48,7 +48,7 @@ def test_a_camera_that_comes_back_is_detected_again_within_5_s(tmp_path: Path, b
           f"{lines_per_minute:.1f}")
     assert back_after <= 5.0
     assert lines_per_minute <= 6, daemon.log()
-    kinds = [e["kind"] for e in events(sub) if e.get("stream") == "cam"]
+    kinds = [e["kind"] for e in events(sub) if e.get("stream") == "cam" and e["kind"].startswith("stream_")]
     assert kinds == ["stream_up", "stream_down", "stream_up"]
     seqs = [m["seq"] for m in detections(sub, "cam")]
     assert seqs == list(range(len(seqs))), "seq went back or skipped across the reconnect"
@@ -94,7 +94,8 @@ def test_a_frozen_camera_is_stalled_reported_reopened_and_does_not_hold_up_sigte
     assert any("cam stalled" in line for line in status), status
     assert back_after <= 5.0
     assert stop_took <= 3.0
-    assert [e["kind"] for e in events(sub) if e.get("stream") == "cam"] == ["stream_up", "stream_down", "stream_up"]
+    kinds = [e["kind"] for e in events(sub) if e.get("stream") == "cam" and e["kind"].startswith("stream_")]
+    assert kinds == ["stream_up", "stream_down", "stream_up"]
     assert daemon.log().count("watchdog not fed") == 1  # once per change, not every tick
     for message in sub.messages(f"{P}/health"):
         jsonschema.validate(message.json(), SCHEMAS["health"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import jinja2
 import jsonschema
 import numpy as np
 import pytest
@@ -59,6 +60,7 @@ def test_counts_events_and_snapshots(tmp_path: Path, broker: Broker) -> None:
             for message in detections(sub, "cam")[-5:]:
                 jsonschema.validate(message, SCHEMAS["detections"])
             first_ids = {e["track_id"] for e in events(sub, "object_entered")}
+            assert len(first_ids) == sum(expected.values()), "object_entered once per object on the clip"
             # The stream restarts (a setting of its own changed): its objects leave, and come back with new ids.
             data = yaml.safe_load(config.read_text())
             data["streams"][0]["stall_s"] = 7
@@ -86,7 +88,8 @@ def test_home_assistant_discovery_follows_the_config(tmp_path: Path, broker: Bro
     streams = [{"name": name, "source": str(looping_clip), "loop": True, "realtime": True, "max_fps": 5}
                for name in ("a", "b")]
     config = write_config(tmp_path, broker, streams, home_assistant={"enabled": True})
-    with Subscriber(broker, "homeassistant/#", client_id="ha").start() as ha:
+    with Subscriber(broker, "homeassistant/#", client_id="ha").start() as ha, \
+            Subscriber(broker, f"{P}/#").start() as sub:
         daemon = Daemon(config)
         try:
             every = 2 * (2 + 3 + 3) + 5  # per stream fps, state, a count and a snapshot per label; per device 5
@@ -94,8 +97,18 @@ def test_home_assistant_discovery_follows_the_config(tmp_path: Path, broker: Bro
                         what="the discovery configs")
             configs = {m.topic: m.json() for m in ha.messages()}
             for topic, entity in configs.items():
-                assert entity["unique_id"] and entity["device"]["identifiers"] == ["edged_test-dev"], topic
-                assert entity["availability"][0]["topic"] == f"{P}/status"
+                component = topic.split("/")[1]
+                # Home Assistant's required fields: a camera's topic, a sensor's state_topic; and what edged adds
+                assert {"camera": {"topic"}, "sensor": {"state_topic", "value_template"}}[component] <= set(entity)
+                assert entity["unique_id"] == f"edged_test-dev_{topic.split('/')[3]}"
+                assert entity["device"]["identifiers"] == ["edged_test-dev"] and entity["device"]["sw_version"]
+                assert entity["availability"] == [{"topic": f"{P}/status", "payload_available": "online",
+                                                   "payload_not_available": "offline"}]
+            sub.wait_for(lambda: objects(sub, "a") and sub.messages(f"{P}/health"), timeout=30, what="state")
+            rendered = render_templates(configs, sub)
+            assert rendered["a_count_circle"] == str(objects(sub, "a")[-1]["counts"].get("circle", 0))
+            assert rendered["a_state"] == "up" and float(rendered["a_fps"]) >= 0
+            assert rendered["resource_level"] == "normal" and int(rendered["mqtt_queue_depth"]) >= 0
             b_topics = {t for t in configs if "/b_" in t}
             assert len(b_topics) == 2 + 3 + 3  # fps, state, a count and a snapshot per label
             data = yaml.safe_load(config.read_text())
@@ -115,6 +128,34 @@ def test_home_assistant_discovery_follows_the_config(tmp_path: Path, broker: Bro
         time.sleep(1.0)
         retained = {m.topic for m in fresh.messages() if m.payload}
     assert retained == set(configs) - b_topics
+
+
+def render_templates(configs: dict[str, dict[str, Any]], sub: Subscriber) -> dict[str, str]:
+    """Every sensor's value_template rendered with Jinja2 (as Home Assistant does) against the newest payload on
+    its state_topic, checked against the value read from that payload directly; by object id."""
+    jinja = jinja2.Environment()
+    rendered = {}
+    for topic, entity in configs.items():
+        if "value_template" not in entity:
+            continue
+        payload = sub.messages(entity["state_topic"])[-1].json()
+        value = jinja.from_string(entity["value_template"]).render(value_json=payload)
+        object_id = topic.split("/")[3]
+        if "_count_" in object_id:
+            expected: Any = payload["counts"].get(object_id.rsplit("_count_", 1)[1], 0)
+        elif object_id.endswith(("_fps", "_state")):
+            stream, field = object_id.rsplit("_", 1)
+            expected = payload["streams"][stream]["fps_out" if field == "fps" else "state"]
+        else:
+            temperatures = payload["resources"]["temperatures_c"]
+            expected = {"temperature": max(temperatures.values()) if temperatures else None,
+                        "resource_level": payload["resource_manager"]["level"],
+                        "cpu_percent": payload["resources"]["cpu_percent"],
+                        "memory_available": payload["resources"]["memory_available_mb"],
+                        "mqtt_queue_depth": payload["mqtt"]["queue_depth"]}[object_id]
+        assert value == str(expected), (object_id, entity["value_template"], value, expected)
+        rendered[object_id] = value
+    return rendered
 
 
 def test_detect_track_keeps_identities_on_a_clip_with_ground_truth(tmp_path: Path) -> None:
