@@ -46,7 +46,7 @@ from tests.broker import Broker, Subscriber  # noqa: E402
 
 # This folder is on sys.path when run as a script.
 from bench_detect import baseline_cases  # noqa: E402
-from rounds import LoadMeter, Round, add_options, report, run_rounds, summarize  # noqa: E402
+from rounds import CLK_TCK, LoadMeter, Round, add_options, process_ticks, report, run_rounds, summarize  # noqa: E402
 
 DEVICE = "bench"
 DETECTIONS = f"edged/{DEVICE}/streams/s/detections"  # the only topic subscribed: len(received) counts them
@@ -103,13 +103,19 @@ def edged_run(folder: Path, broker: Broker, model: Path, video: Path, frames: in
         daemon = RunningDaemon(folder, broker, model, {"source": str(video), "realtime": False}, threads, extra)
         try:
             ready_s = daemon.ready_after_s()
+            sub.wait_for(lambda: len(sub.received) >= 1, timeout=60, what="the first frame")
+            first, ticks_first = len(sub.received), process_ticks(daemon.process.pid)
             sub.wait_for(lambda: len(sub.received) >= frames, timeout=600, what="every frame")
+            last, ticks_last = len(sub.received), process_ticks(daemon.process.pid)
             rss, peak = daemon.rss_mb()
         finally:
             daemon.stop()
     published = [m.json()["ts_publish"] for m in sub.messages()]
-    return {"fps": (len(published) - 1) / (published[-1] - published[0]), "ready_s": round(ready_s, 2),
-            "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
+    # CPU time a frame (all the daemon's threads): what a frame costs, less disturbed than wall time by a host
+    # that runs this VM's cores slower or faster from one run to the next.
+    cpu_ms = (ticks_last - ticks_first) / CLK_TCK * 1000 / max(last - first, 1)
+    return {"fps": (len(published) - 1) / (published[-1] - published[0]), "cpu_ms_per_frame": round(cpu_ms, 2),
+            "ready_s": round(ready_s, 2), "rss_mb": round(rss, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def latency(folder: Path, broker: Broker, model: Path, video: Path, threads: int, max_fps: float | None,

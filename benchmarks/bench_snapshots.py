@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from functools import partial
@@ -53,11 +54,19 @@ def main() -> int:
                                 measured="none", baselines=("off", "default", "every"))
     summary = summarize(rounds, args.max_other_load)  # its ratios are none / each of the others
     for index, r in enumerate(rounds, 1):
-        cells = ", ".join(f"{name} {r.results[name]['fps']:.1f} fps (other load {r.other_cores[name]:.2f})"
-                          for name in r.order)
+        cells = ", ".join(f"{name} {r.results[name]['fps']:.1f} fps, {r.results[name]['cpu_ms_per_frame']:.1f} CPU "
+                          f"ms a frame (other load {r.other_cores[name]:.2f})" for name in r.order)
         verdict = "accepted" if r.accepted else f"REJECTED: other load over {args.max_other_load} cores"
         ratios = ", ".join(f"{name} / none {1 / r.ratios[name]:.3f}" for name in ("off", "default", "every"))
         print(f"round {index}: {cells}; {ratios}; {verdict}")
+    accepted = [r for r in rounds if r.accepted]
+    if accepted:
+        # CPU time a frame, each case over "none" within a round: steadier than fps on a noisy host.
+        summary["cpu_over_none"] = {
+            name: round(statistics.median(r.results[name]["cpu_ms_per_frame"] / r.results["none"]["cpu_ms_per_frame"]
+                                          for r in accepted), 3) for name in ("off", "default", "every")}
+        print("CPU time a frame over that with tracking and snapshots off (median): " + ", ".join(
+            f"{name} {ratio:.3f}" for name, ratio in summary["cpu_over_none"].items()))
     if summary["accepted"]:
         summary["over_none"] = {name: round(1 / ratio, 3) for name, ratio in summary.pop("median_ratio").items()}
         print(f"median of {summary['accepted']} accepted rounds, throughput over that with tracking and snapshots "
