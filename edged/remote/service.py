@@ -185,13 +185,18 @@ class RemoteConfig:
 
     # ---------------------------------------------------------------- pushes (main loop)
     def handle_pending(self) -> None:
-        """Apply the pushes received so far, one at a time, in the order they came."""
+        """Apply the pushes received so far, one at a time, in the order they came. One that fails in a way
+        nothing here foresaw is refused and logged with its traceback: it never stops the daemon."""
         while True:
             with self._lock:
                 if not self._queue:
                     return
                 received = self._queue.popleft()
-            self._handle(received)
+            try:
+                self._handle(received)
+            except Exception as exc:
+                log.exception("remote config: a push on %s failed", received.topic)
+                self._refuse(None, None, [f"internal error: {type(exc).__name__}: {exc}"], received.topic)
 
     def _handle(self, received: Received) -> None:
         assert self.store is not None
