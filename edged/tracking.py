@@ -156,14 +156,13 @@ class Tracker:
         self._predict(dt)
 
         predicted = _xyxy(t["state"])
+        iou = iou_matrix(predicted, boxes)  # once a frame: both stages take their part of it
         high = np.flatnonzero(scores >= self.high)
         low = np.flatnonzero((scores >= self.low) & (scores < self.high))
-        first_t, first_d = self._associate(np.arange(len(predicted)), high, predicted, boxes, class_ids,
-                                           self.match_iou)
+        first_t, first_d = self._associate(np.arange(len(predicted)), high, iou, class_ids, self.match_iou)
         left_over = t["confirmed"].copy()
         left_over[first_t] = False
-        second_t, second_d = self._associate(np.flatnonzero(left_over), low, predicted, boxes, class_ids,
-                                             self.second_match_iou)
+        second_t, second_d = self._associate(np.flatnonzero(left_over), low, iou, class_ids, self.second_match_iou)
         matched_t, matched_d = np.concatenate([first_t, second_t]), np.concatenate([first_d, second_d])
 
         self._correct(matched_t, _cxcywh(boxes[matched_d]))
@@ -261,13 +260,13 @@ class Tracker:
         t["var_p"][rows] = var_p * (1 - gain_p)
         t["cov_pv"][rows] = cov_pv * (1 - gain_p)
 
-    def _associate(self, rows: np.ndarray, dets: np.ndarray, predicted: np.ndarray, boxes: np.ndarray,
-                   class_ids: np.ndarray, gate: float) -> tuple[np.ndarray, np.ndarray]:
+    def _associate(self, rows: np.ndarray, dets: np.ndarray, ious: np.ndarray, class_ids: np.ndarray,
+                   gate: float) -> tuple[np.ndarray, np.ndarray]:
         """Hungarian matching of tracks ``rows`` to detections ``dets`` on 1 - IoU (IoU >= gate), plus
         CLASS_CHANGE_COST where the classes differ: a track takes a detection of its own class first."""
         if not len(rows) or not len(dets):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        iou = iou_matrix(predicted[rows], boxes[dets])
+        iou = ious[np.ix_(rows, dets)]
         allowed = iou >= gate
         other_class = self._tracks["class_id"][rows][:, None] != class_ids[dets][None, :]
         r, c = linear_sum_assignment(np.where(allowed, 1.0 - iou + CLASS_CHANGE_COST * other_class, NO_MATCH))
