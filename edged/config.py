@@ -337,10 +337,10 @@ def resolve_paths(config: Config, base_dir: Path) -> None:
     config.remote_config.hmac_key_file = absolute(config.remote_config.hmac_key_file)
     config.remote_config.state_dir = base_dir / config.remote_config.state_dir  # an absolute one stays as it is
     config.inference.tensorrt.cache_dir = base_dir / config.inference.tensorrt.cache_dir
-    from edged.sources import source_kind  # sources imports OpenCV: only when needed
+    from edged.sources import FILE_KINDS, source_kind  # sources imports OpenCV: only when needed
 
     for stream in config.streams:
-        if isinstance(stream.source, str) and source_kind(stream.source) in ("video", "image", "images"):
+        if isinstance(stream.source, str) and source_kind(stream.source) in FILE_KINDS:
             stream.source = str(absolute(Path(stream.source)))
 
 

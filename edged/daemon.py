@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, TypeVar
 
 from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.dashboards import HomeAssistant, SnapshotEncoder, StreamObjects
@@ -99,16 +99,17 @@ class StreamRunner:
 
     def __init__(self, settings: StreamSettings, detector: Detector, mqtt: Callable[[], MqttClient], device_id: str,
                  seq: int, on_state: Callable[[str, str, str], None], tracker: Tracker | None = None,
-                 sinks: Sequence[Sink] = ()):
-        """``tracker`` and ``sinks``: with tracking, the stream's tracker, and what publishes its objects."""
+                 objects: StreamObjects | None = None):
+        """``tracker`` and ``objects``: with tracking, the stream's tracker, and what publishes its objects."""
         self.name = settings.name
         self.settings = settings
         self.reader = StreamReader(settings.name, str(settings.source), realtime=settings.realtime,
                                    max_fps=settings.max_fps, loop=settings.loop, on_state=self._on_state,
                                    stall_s=settings.stall_s, backoff_max_s=settings.reconnect_max_s)
         self._report_state = on_state
-        self.pipeline = Pipeline(detector, settings.name, [MqttSink(mqtt, settings.name), self, *sinks], device_id, seq,
-                                 tracker)
+        self.objects = objects
+        sinks: list[Sink] = [MqttSink(mqtt, settings.name), self, *([objects] if objects else [])]
+        self.pipeline = Pipeline(detector, settings.name, sinks, device_id, seq, tracker)
         self.latency = RollingWindow()
         self.inference_ms = RollingWindow()
         self.settled = threading.Event()  # first result published, or the source reported down
@@ -146,11 +147,6 @@ class StreamRunner:
             except Exception:  # keep the stream alive: a bug in one frame must not end it
                 log.exception("stream %s: pipeline failed; restarting it", self.name)
                 time.sleep(1.0)
-
-    def resend_objects(self) -> None:
-        for sink in self.pipeline.sinks:
-            if isinstance(sink, StreamObjects):
-                sink.resend()
 
     def shed_memory(self, shedding: bool) -> None:
         """Hold fewer decoded frames while memory is short: in the reader's queue and between the stages."""
@@ -280,7 +276,8 @@ class Daemon:
         if now >= self._next_health:
             self._publish_health()
             for runner in runners:
-                runner.resend_objects()
+                if runner.objects is not None:
+                    runner.objects.resend()
             self._next_health = now + self.config.health.interval_s
 
     def _feed_watchdog(self, now: float, stalled: list[str]) -> None:
@@ -407,16 +404,16 @@ class Daemon:
 
     def _start_stream(self, settings: StreamSettings) -> None:
         assert self.detector is not None
-        tracker, sinks = None, []
+        tracker, objects = None, None
         tracking = self.config.tracking
         if tracking.enabled:
             tracker = Tracker(min_hits=tracking.min_hits, max_age=tracking.max_age, high=self.config.model.confidence,
                               low=tracking.low, first_id=self._next_track_id.get(settings.name, 1))
-            sinks.append(StreamObjects(settings.name, tracker, self.config, lambda: self.mqtt, self._event,
-                                       self.snapshots))
+            objects = StreamObjects(settings.name, tracker, self.config, lambda: self.mqtt, self._event,
+                                    self.snapshots)
         self.runners[settings.name] = runner = StreamRunner(
             settings, self.detector, lambda: self.mqtt, self.device_id, self._next_seq.get(settings.name, 0),
-            self._on_stream_state, tracker, sinks)
+            self._on_stream_state, tracker, objects)
         if self.resources is not None:
             self._cap(runner, self.resources.governor.fps_halvings)
             runner.shed_memory(self.resources.shedding)

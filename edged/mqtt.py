@@ -532,43 +532,18 @@ def probe(settings: MqttSettings, client_id: str, timeout_s: float) -> str | Non
     """Try a connection with ``settings`` (credentials and TLS included) as ``client_id``, then close it: None
     if the broker accepted it within ``timeout_s``, else why not. What a config change runs before it gives up
     a working connection."""
-    where = f"{settings.host}:{settings.port}"
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311)
-    outcome: list[str | None] = []
-    done = threading.Event()
-
-    def on_connect(client: paho.Client, userdata: Any, flags: paho.ConnectFlags, reason: ReasonCode,
-                   properties: Properties | None) -> None:
-        outcome.append(f"the broker at {where} refused the connection: {reason}" if reason.is_failure else None)
-        done.set()
-
-    def on_connect_fail(client: paho.Client, userdata: Any) -> None:
-        outcome.append(f"cannot connect to {where} ({sys.exc_info()[1] or 'connection failed'})")
-        done.set()
-
-    client.on_connect = on_connect
-    client.on_connect_fail = on_connect_fail
     try:
-        _set_credentials(client, settings)
-        client.connect_async(settings.host, settings.port, settings.keepalive_s)
-        client.loop_start()
-    except (ConfigError, ValueError, OSError) as exc:
-        return f"cannot connect to {where}: {exc}"
-    try:
-        if not done.wait(timeout_s):
-            return f"no connection to {where} within {timeout_s:.0f} s"
-        return outcome[0]
-    finally:
-        client.disconnect()
-        client.loop_stop()
+        with ShortConnection(settings, timeout_s, client_id):
+            return None
+    except (ConfigError, EdgedError) as exc:
+        return str(exc)
 
 
 class ShortConnection:
     """A short-lived connection for a command (``edged config push``): subscribe and publish (with MQTT 5 user
     properties), each acknowledged, and the messages received. Not the device's: no outbox, no reconnects."""
 
-    def __init__(self, settings: MqttSettings, timeout_s: float):
+    def __init__(self, settings: MqttSettings, timeout_s: float, client_id: str | None = None):
         self.settings = settings
         self.timeout_s = timeout_s
         self.where = f"{settings.host}:{settings.port} (MQTT {settings.protocol})"
@@ -578,7 +553,7 @@ class ShortConnection:
         self._suback: list[ReasonCode] = []
         self._subscribed = threading.Event()
         self._refused_publishes: dict[int, ReasonCode] = {}
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"edged-config-{os.getpid()}",
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id or f"edged-config-{os.getpid()}",
                              protocol=paho.MQTTv5 if settings.protocol == "5" else paho.MQTTv311)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe

@@ -45,7 +45,7 @@ from edged.errors import EdgedError, ModelError, SourceError
 from edged.evaluation import Truth, evaluate_messages, iou_matrix, load_ground_truth
 from edged.inference.detector import Detection, Detector, read_model_info, variant_path
 from edged.inference.session import SessionConfig
-from edged.sources import Frame, open_source, source_kind
+from edged.sources import FILE_KINDS, Frame, open_source, source_kind
 
 CPU = SessionConfig(providers=("cpu",))
 HOLD_BACK_EVERY = 5  # every fifth frame read is kept out of calibration, for the agreement check
@@ -98,7 +98,7 @@ def convert_fp16(model: str | Path, out: str | Path) -> Path:
 def calibration_frames(source: str | Path, count: int, *, held_back: bool = False) -> Iterator[Frame]:
     """The calibration frames among the first ``count`` of ``source`` or, with ``held_back``, the others."""
     spec = str(source)
-    if source_kind(spec) in ("image", "images", "video") and not Path(spec).exists():
+    if source_kind(spec) in FILE_KINDS and not Path(spec).exists():
         raise SourceError(f"{spec}: calibration source not found (give a video file or a folder of images)")
     with open_source(spec) as frames:
         for frame in itertools.islice(frames, count):

@@ -23,6 +23,7 @@ from edged.errors import SourceError
 
 log = logging.getLogger("edged.sources")
 
+FILE_KINDS = ("video", "image", "images")  # source kinds that are paths on this machine
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}

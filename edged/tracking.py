@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -117,6 +117,9 @@ SAME_OBJECT_IOU = 0.7  # boxes of two classes overlapping this much are one obje
 IN_VIEW_MISSES = 3  # a confirmed track counts as in view until it has been missed this many frames in a row
 
 
+Labels = Mapping[int, str] | Sequence[str]  # class id -> label
+
+
 class Tracker:
     """ByteTrack-style tracker for one stream: feed it every frame's detections, in capture order."""
 
@@ -142,7 +145,7 @@ class Tracker:
                 "first_seen": np.zeros(0), "last_seen": np.zeros(0), "best_score": np.zeros(0),
                 "best_box": np.zeros((0, 4))}
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Sequence[str],
+    def update(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Labels,
                ts: float) -> TrackUpdate:
         """boxes (N,4) float x1,y1,x2,y2 in source pixels; scores (N,); class_ids (N,) int; labels: class
         id -> label name; ts: the frame's capture time, seconds (monotonic increase expected; a
@@ -224,7 +227,7 @@ class Tracker:
         if kept is not None:
             detections = [detections[i] for i in kept.tolist()]
             boxes, scores, class_ids = boxes[kept], scores[kept], class_ids[kept]
-        update = self.update(boxes, scores, class_ids, _Labels(detections), ts)
+        update = self.update(boxes, scores, class_ids, {d.class_id: d.label for d in detections}, ts)
         tracked = []
         for t in update.tracked:  # not dataclasses.replace: 4x slower, and this is per detection per frame
             d = detections[t.detection_index]
@@ -273,7 +276,7 @@ class Tracker:
         ok = allowed[r, c]
         return rows[r[ok]], dets[c[ok]]
 
-    def _birth(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Sequence[str],
+    def _birth(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Labels,
                ts: float) -> None:
         n = len(boxes)
         state = _cxcywh(boxes)
@@ -312,19 +315,6 @@ def _one_class_per_object(boxes: np.ndarray, scores: np.ndarray, class_ids: np.n
         if not covered[rank, kept].any():
             kept.append(rank)
     return np.sort(order[kept])
-
-
-class _Labels(Sequence[str]):
-    """class id -> label, from the detections that name them (the tracker needs no more)."""
-
-    def __init__(self, detections: Sequence[Detection]):
-        self._names = {d.class_id: d.label for d in detections}
-
-    def __getitem__(self, class_id: int) -> str:  # type: ignore[override]
-        return self._names[class_id]
-
-    def __len__(self) -> int:
-        return len(self._names)
 
 
 def detection_floor(confidence: float, low: float) -> float:

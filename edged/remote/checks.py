@@ -45,7 +45,7 @@ def inline_secrets(patch: dict[str, Any]) -> list[str]:
 
 def _paths(config: Config) -> Iterator[tuple[str, Path]]:
     """Every file or folder the config names, with its key path."""
-    from edged.sources import source_kind  # OpenCV: only when needed
+    from edged.sources import FILE_KINDS, source_kind  # OpenCV: only when needed
 
     model, tls = config.model, config.mqtt.tls
     named: list[tuple[str, Path | None]] = [
@@ -56,7 +56,7 @@ def _paths(config: Config) -> Iterator[tuple[str, Path]]:
         ("remote_config.state_dir", config.remote_config.state_dir),
         ("inference.tensorrt.cache_dir", config.inference.tensorrt.cache_dir)]
     for index, stream in enumerate(config.streams):
-        if isinstance(stream.source, str) and source_kind(stream.source) in ("video", "image", "images"):
+        if isinstance(stream.source, str) and source_kind(stream.source) in FILE_KINDS:
             named.append((f"streams[{index}].source", Path(stream.source)))
     yield from ((key, path) for key, path in named if path is not None)
 
