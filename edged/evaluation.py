@@ -19,15 +19,22 @@ TrackBox = tuple[int, Sequence[float]]
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in a (N,4) with every box in b (M,4), xyxy."""
-    # Coordinate by coordinate on (N,M) arrays: several times faster than broadcasting the (x, y)
-    # pairs, whose last axis of 2 numpy loops over slowly (the tracker calls this every frame).
-    ax1, ay1, ax2, ay2 = (a[:, i, None] for i in range(4))
-    bx1, by1, bx2, by2 = b.T
-    inter = (np.maximum(np.minimum(ax2, bx2) - np.maximum(ax1, bx1), 0)
-             * np.maximum(np.minimum(ay2, by2) - np.maximum(ay1, by1), 0))
-    area_a = np.maximum(ax2 - ax1, 0) * np.maximum(ay2 - ay1, 0)
-    area_b = np.maximum(bx2 - bx1, 0) * np.maximum(by2 - by1, 0)
-    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+    # Coordinate by coordinate on (N,M) arrays, from contiguous copies of the coordinates, in place where it can:
+    # several times faster than broadcasting the (x, y) pairs (the tracker calls this every frame).
+    ax1, ay1, ax2, ay2 = a.T.copy()[:, :, None]
+    bx1, by1, bx2, by2 = b.T.copy()
+    inter = np.minimum(ax2, bx2)
+    inter -= np.maximum(ax1, bx1)
+    np.maximum(inter, 0, out=inter)
+    height = np.minimum(ay2, by2)
+    height -= np.maximum(ay1, by1)
+    np.maximum(height, 0, out=height)
+    inter *= height
+    union = np.maximum(ax2 - ax1, 0) * np.maximum(ay2 - ay1, 0) + np.maximum(bx2 - bx1, 0) * np.maximum(by2 - by1, 0)
+    union -= inter
+    np.maximum(union, 1e-9, out=union)
+    inter /= union
+    return inter
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:

@@ -108,6 +108,23 @@ def test_classes_are_tracked_apart():
     assert update.in_view == {"circle": 1, "square": 1}
 
 
+def test_one_class_per_object_starts_one_track_for_an_object_seen_as_two_classes():
+    tracker = Tracker(min_hits=1)
+    seen = set()
+    for k in range(20):
+        same, other = box(200 + 2 * k, 200), box(500, 300)
+        # The object at `same` comes as a square and a circle, the better score alternating; `other` is a circle.
+        detections = [(same, 0.8 if k % 2 else 0.7, 1), (same, 0.7 if k % 2 else 0.8, 0), (other, 0.9, 0)]
+        boxes = np.array([d[0] for d in detections])
+        update = tracker.update(boxes, np.array([d[1] for d in detections]), np.array([d[2] for d in detections]),
+                                LABELS, k / FPS, one_class_per_object=True)
+        published = ids(update)
+        assert len(published) == 2 and 2 in published  # one of the object's two boxes, and the other object
+        seen.update(published.values())
+    assert seen == {1, 2}  # one track each, for good
+    assert update.in_view == {"circle": 2}  # the object's track is of its best score's class: 0.8 as a circle
+
+
 def test_low_score_detections_continue_tracks_but_start_none():
     tracker = Tracker(high=0.5, low=0.1)
     for k in range(30):
