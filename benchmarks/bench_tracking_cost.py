@@ -29,7 +29,7 @@ frame above. The pipeline keeps both cores busy (inference uses both), so this s
 tracking should cost: the throughput ratio should come out near 1 minus it, which the ratio's noise on this host
 (drift faster than the blocks) cannot always show.
 
-    python benchmarks/bench_tracking_cost.py [--pairs 60] [--frames 60] [--json FILE]
+    python benchmarks/bench_tracking_cost.py [--pairs 60] [--frames 60] [--threads 0] [--json FILE]
 """
 
 from __future__ import annotations
@@ -158,6 +158,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=60, help="pairs of blocks, one of each mode (default 60)")
     parser.add_argument("--frames", type=int, default=60, help="frames a block (default 60)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="inference threads (model.threads; default 0: one a core, as the daemon's default)")
     parser.add_argument("--seed", type=int, default=0, help="of the bootstrap")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -166,7 +168,7 @@ def main() -> int:
         clip = write_clip(Path(tmp) / "bench.mp4", seed=99, frames=args.frames)
         with open_source(str(clip)) as source:
             images = [frame.image for frame in source]
-    session = SessionConfig(providers=("cpu",))
+    session = SessionConfig(providers=("cpu",), threads=args.threads)
     confidence, low = config.model.confidence, config.tracking.low
     detector = Detector(demo_model_path(), session, confidence=detection_floor(confidence, low))
     outbox = MqttClient(MqttSettings(queue_limit=1000), "bench", announce=False)  # never started: an outbox

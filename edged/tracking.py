@@ -19,8 +19,8 @@ What differs here:
   another (ByteTrack's do not either), so each coordinate is a (position, velocity) filter of its
   own: the covariance is kept as three numbers per coordinate, and predicting or correcting every
   track at once is a few numpy operations on one array; the numbers are those of the 8x8 form.
-  (Numpy's cost here is per call, not per track: a frame's work is kept to about a hundred calls,
-  whatever the number of objects, so that tracking costs the pipeline about 1 % of its throughput.)
+  (With tens of tracks numpy's cost is per call, not per track: a frame's work is a fixed number
+  of calls, whatever the number of objects; benchmarks/bench_tracker.py.)
 - Tracks are per class, and a detector unsure of a small object's class does not break them (``track``, what the
   pipeline calls): a track prefers detections of its own class (CLASS_CHANGE_COST on top of 1 - IoU) but takes one
   of another class for the same object, a detection that another class's detection on the same object (IoU >=
