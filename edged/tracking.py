@@ -47,6 +47,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -66,14 +67,14 @@ INITIAL_POSITION_STD = 2 * MEASUREMENT_STD
 INITIAL_VELOCITY_STD = 10 * REFERENCE_FPS / 160  # size per second: a new track's speed is unknown
 MIN_DT = 1e-3  # seconds: the step for a first frame or a timestamp that did not increase
 NO_MATCH = 1e6  # cost of a pair ruled out (gate, class): the assignment makes as many allowed pairs as it can
-# The filter of every track in one array, (tracks, 5, 2, 2): the 5 quantities below, each for
+# The filter of every track in one array, (5, tracks, 2, 2): the 5 quantities below, each for
 # ((cx, cy), (w, h)); the noise of x and w scales with the width, that of y and h with the height,
-# so a track's (w, h) row scales both rows.
+# so a track's (w, h) row scales both rows. Quantity first: each is one contiguous block, which numpy
+# updates in place several times faster than a strided one.
 STATE, VELOCITY, VAR_P, COV_PV, VAR_V = range(5)
 
 
-@dataclass(frozen=True)
-class TrackedDetection:
+class TrackedDetection(NamedTuple):  # a NamedTuple, not a dataclass: one is made per detection per frame
     detection_index: int  # index into the detections given to update()
     track_id: int
     velocity: tuple[float, float]  # vx, vy of the box centre in pixels per second, from the filter
@@ -99,22 +100,28 @@ class TrackInfo:
 
 @dataclass(frozen=True)
 class TrackUpdate:
-    """What one frame did to the tracks. The detections of confirmed tracks matched this frame (those published) come
-    as parallel arrays in detection order: arrays, because ``track`` runs every frame and a Python object per
-    detection here would cost as much as the tracking itself."""
-
-    detection_index: np.ndarray  # (n,) int: index into the detections given to update()
-    track_id: np.ndarray  # (n,) int
-    velocity: np.ndarray  # (n, 2): vx, vy of the box centre in pixels per second, from the filter
-    age_s: np.ndarray  # (n,): ts - first_seen
+    tracked: list[TrackedDetection]  # detections of confirmed tracks matched this frame, in detection order
     entered: list[TrackInfo]  # tracks confirmed this frame
     left: list[TrackInfo]  # confirmed tracks that died this frame
     in_view: dict[str, int]  # label -> confirmed tracks alive (matched within the last max_age frames)
 
-    @property
-    def tracked(self) -> list[TrackedDetection]:
-        return [TrackedDetection(d, i, (vx, vy), age) for d, i, (vx, vy), age in zip(
-            self.detection_index.tolist(), self.track_id.tolist(), self.velocity.tolist(), self.age_s.tolist())]
+
+class _Track:
+    """A track's bookkeeping; its filter is its row of ``Tracker._filter``."""
+
+    __slots__ = ("track_id", "class_id", "label", "hits", "misses", "confirmed", "first_seen", "last_seen",
+                 "best_score", "best_box")
+
+    def __init__(self, track_id: int, class_id: int, label: str, score: float, box: tuple[float, ...], ts: float,
+                 confirmed: bool):
+        self.track_id, self.class_id, self.label = track_id, class_id, label
+        self.hits, self.misses, self.confirmed = 1, 0, confirmed
+        self.first_seen = self.last_seen = ts
+        self.best_score, self.best_box = score, box
+
+    def info(self) -> TrackInfo:
+        return TrackInfo(self.track_id, self.label, self.class_id, self.best_score, self.best_box,  # type: ignore[arg-type]
+                         self.first_seen, self.last_seen)
 
 
 def _xyxy(state: np.ndarray) -> np.ndarray:
@@ -145,14 +152,17 @@ def _transition(dt: float) -> np.ndarray:
 CLASS_CHANGE_COST = 0.5  # added to 1 - IoU when a track would take a detection of another class
 SAME_OBJECT_IOU = 0.7  # boxes of two classes overlapping this much are one object seen as both
 IN_VIEW_MISSES = 3  # a confirmed track counts as in view until it has been missed this many frames in a row
-_NONE = np.zeros(0, np.int64)
 
 
 Labels = Mapping[int, str] | Sequence[str]  # class id -> label
 
 
 class Tracker:
-    """ByteTrack-style tracker for one stream: feed it every frame's detections, in capture order."""
+    """ByteTrack-style tracker for one stream: feed it every frame's detections, in capture order.
+
+    The work per track (bookkeeping) is plain Python, and what is per pair of track and detection (IoU, cost,
+    assignment) or per track of the filter is numpy, a few calls a frame for every track at once: with the few to
+    few tens of objects of a scene, numpy's cost is per call, and a frame takes under a hundred."""
 
     def __init__(self, *, min_hits: int = 3, max_age: int = 30, high: float = 0.5, low: float = 0.1,
                  match_iou: float = 0.2, second_match_iou: float = 0.5, first_id: int = 1):
@@ -163,16 +173,8 @@ class Tracker:
         self.match_iou, self.second_match_iou = match_iou, second_match_iou
         self._next_id = first_id
         self._last_ts: float | None = None
-        self._tracks = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, np.ndarray]:
-        """The tracks, one row each, in birth (so id) order; ``filter``: see STATE."""
-        return {"filter": np.zeros((0, 5, 2, 2)), "id": np.zeros(0, np.int64), "class_id": np.zeros(0, np.int64),
-                "label": np.zeros(0, object),
-                "hits": np.zeros(0, np.int64), "misses": np.zeros(0, np.int64), "confirmed": np.zeros(0, bool),
-                "first_seen": np.zeros(0), "last_seen": np.zeros(0), "best_score": np.zeros(0),
-                "best_box": np.zeros((0, 4))}
+        self._tracks: list[_Track] = []  # in birth (so id) order
+        self._filter = np.zeros((5, 0, 2, 2))  # a column per track: see STATE
 
     def update(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Labels,
                ts: float, *, one_class_per_object: bool = False) -> TrackUpdate:
@@ -181,73 +183,100 @@ class Tracker:
         non-increasing ts is treated as a tiny dt, never negative). ``one_class_per_object``: a detection
         that another class's detection on the same object serves starts no track (module docstring)."""
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-        class_ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        score_list = np.asarray(scores, dtype=np.float64).reshape(-1).tolist()
+        class_array = np.asarray(class_ids, dtype=np.int64).reshape(-1)
+        class_list = class_array.tolist()
         dt = MIN_DT if self._last_ts is None else max(ts - self._last_ts, MIN_DT)
         self._last_ts = ts
-        t = self._tracks
-        self._predict(dt)
+        tracks, kf = self._tracks, self._filter
+        high = [d for d, score in enumerate(score_list) if score >= self.high]
+        low = [d for d, score in enumerate(score_list) if self.low <= score < self.high]
 
+        if tracks:
+            self._predict(dt)
+        pairs = self._match(boxes, class_array, high, low)  # (track row, detection)
+        box_list = boxes.tolist()
+        if pairs:
+            self._correct([row for row, _ in pairs], np.array(
+                [((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1) for x1, y1, x2, y2 in (box_list[d] for _, d in pairs)]
+            ).reshape(-1, 2, 2))  # ((cx, cy), (w, h)), as _centre_size: a list of a few boxes is faster so
+
+        entered: list[TrackInfo] = []
+        shown: list[tuple[int, int]] = []  # (detection, track row) of confirmed tracks
+        for row, d in pairs:
+            track = tracks[row]
+            track.hits += 1
+            track.last_seen = ts
+            if score_list[d] > track.best_score:
+                track.best_score, track.best_box = score_list[d], tuple(box_list[d])
+                track.class_id = class_list[d]  # a track is of the class it was seen as at its best score
+                track.label = labels[track.class_id]
+            if not track.confirmed and track.hits >= self.min_hits:
+                track.confirmed = True
+                entered.append(track.info())
+            if track.confirmed:
+                shown.append((d, row))
+        entered.sort(key=lambda info: info.track_id)
+        tracked: list[TrackedDetection] = []
+        if shown:
+            velocities = kf[VELOCITY, [row for _, row in shown], 0].tolist()
+            tracked = [TrackedDetection(d, tracks[row].track_id, (vx, vy), ts - tracks[row].first_seen)
+                       for (d, row), (vx, vy) in zip(shown, velocities)]
+
+        left = self._count_misses({row for row, _ in pairs})
+
+        matched = {d for _, d in pairs}
+        born = [d for d in high if d not in matched]
+        if born and one_class_per_object:
+            born = _not_other_classes_view(born, [d for _, d in pairs], boxes, score_list, class_array)
+        if born:
+            self._birth(boxes[born], [score_list[d] for d in born], [class_list[d] for d in born],
+                        [tuple(box_list[d]) for d in born], labels, ts)
+            if self.min_hits <= 1:
+                new = self._tracks[-len(born):]
+                entered += [track.info() for track in new]
+                tracked += [TrackedDetection(d, track.track_id, (0.0, 0.0), 0.0) for d, track in zip(born, new)]
+        tracked.sort()  # by detection index
+
+        in_view = Counter(t.label for t in self._tracks if t.confirmed and t.misses < IN_VIEW_MISSES)
+        return TrackUpdate(tracked, entered, left, dict(in_view))
+
+    def _match(self, boxes: np.ndarray, class_ids: np.ndarray, high: list[int],
+               low: list[int]) -> list[tuple[int, int]]:
+        """ByteTrack's two stages: (track row, detection) pairs, the first stage's then the second's."""
+        tracks = self._tracks
+        if not tracks or not len(boxes):
+            return []
         # Once a frame, for every track and detection; both stages take their part of it.
-        iou = iou_matrix(_xyxy(t["filter"][:, STATE]), boxes)
+        iou = iou_matrix(_xyxy(self._filter[STATE]), boxes)
         cost = 1.0 - iou
-        cost += CLASS_CHANGE_COST * (t["class_id"][:, None] != class_ids)
-        is_high = scores >= self.high
-        first_t, first_d = self._associate(iou, cost, self.match_iou, None, is_high)
-        left_over = t["confirmed"].copy()
-        left_over[first_t] = False
-        is_low = ~is_high & (scores >= self.low)
-        second_t, second_d = self._associate(iou, cost, self.second_match_iou, left_over, is_low)
-        matched_t, matched_d = np.concatenate([first_t, second_t]), np.concatenate([first_d, second_d])
+        cost += CLASS_CHANGE_COST * (np.array([t.class_id for t in tracks])[:, None] != class_ids)
+        pairs = self._associate(iou, cost, self.match_iou, None, high)
+        first = {row for row, _ in pairs}
+        left_over = [row for row, t in enumerate(tracks) if t.confirmed and row not in first]
+        return pairs + self._associate(iou, cost, self.second_match_iou, left_over, low)
 
-        self._correct(matched_t, _centre_size(boxes[matched_d]))
-        t["hits"][matched_t] += 1
-        t["misses"] += 1
-        t["misses"][matched_t] = 0
-        t["last_seen"][matched_t] = ts
-        better = scores[matched_d] > t["best_score"][matched_t]
-        if better.any():
-            rows, dets = matched_t[better], matched_d[better]
-            t["best_score"][rows] = scores[dets]
-            t["class_id"][rows] = class_ids[dets]  # a track is of the class it was seen as at its best score
-            t["label"][rows] = [labels[c] for c in class_ids[dets].tolist()]
-            t["best_box"][rows] = boxes[dets]
-        newly = matched_t[~t["confirmed"][matched_t] & (t["hits"][matched_t] >= self.min_hits)]
-        entered = []
-        if len(newly):
-            t["confirmed"][newly] = True
-            entered = self._infos(np.sort(newly))
-
-        shown = t["confirmed"][matched_t]
-        rows, dets = matched_t[shown], matched_d[shown]
-        track_ids, velocities, ages = t["id"][rows], t["filter"][rows, VELOCITY, 0], ts - t["first_seen"][rows]
-
-        # A confirmed track dies after max_age frames unmatched; a tentative one at its first miss.
-        dead = np.where(t["confirmed"], t["misses"] >= self.max_age, t["misses"] > 0)
-        left = []
-        if dead.any():
-            left = self._infos(np.flatnonzero(dead & t["confirmed"]))
-            self._tracks = t = {name: values[~dead] for name, values in t.items()}
-
-        unmatched = is_high.copy()
-        unmatched[first_d] = False
-        if unmatched.any():
-            born = np.flatnonzero(unmatched)
-            if one_class_per_object:
-                born = _not_other_classes_view(born, matched_d, boxes, scores, class_ids)
-            self._birth(boxes[born], scores[born], class_ids[born], labels, ts)
-            if self.min_hits <= 1 and len(born):
-                entered += self._infos(np.arange(len(t["id"]), len(t["id"]) + len(born)))
-                dets = np.concatenate([dets, born])
-                track_ids = np.concatenate([track_ids, self._tracks["id"][-len(born):]])
-                velocities = np.concatenate([velocities, np.zeros((len(born), 2))])
-                ages = np.concatenate([ages, np.zeros(len(born))])
-        order = np.argsort(dets)
-
-        t = self._tracks
-        in_view = t["confirmed"] & (t["misses"] < IN_VIEW_MISSES)
-        return TrackUpdate(dets[order], track_ids[order], velocities[order], ages[order], entered, left,
-                           dict(Counter(t["label"][in_view].tolist())))
+    def _count_misses(self, matched: set[int]) -> list[TrackInfo]:
+        """After matching: a miss more for each track not ``matched``; a confirmed track dies after max_age frames
+        unmatched, a tentative one at its first miss. Returns the confirmed ones that died."""
+        left, missed, alive = [], [], []
+        for row, track in enumerate(self._tracks):
+            if row in matched:
+                track.misses = 0
+            else:
+                track.misses += 1
+                if not track.confirmed or track.misses >= self.max_age:
+                    if track.confirmed:
+                        left.append(track.info())
+                    continue
+                missed.append(row)
+            alive.append(row)
+        if missed:  # as ByteTrack: an unmatched track's size stops changing
+            self._filter[VELOCITY, missed, 1] = 0.0
+        if len(alive) < len(self._tracks):
+            self._tracks = [self._tracks[row] for row in alive]
+            self._filter = self._filter[:, alive]
+        return left
 
     @property
     def next_id(self) -> int:
@@ -259,90 +288,77 @@ class Tracker:
         ``tracks`` set. The detector must report down to ``low`` (``detection_floor``)."""
         detections = result.detections
         boxes = np.array([d.box for d in detections], dtype=np.float64).reshape(len(detections), 4)
-        scores = np.array([d.score for d in detections], dtype=np.float64)
-        class_ids = np.array([d.class_id for d in detections], dtype=np.int64)
-        update = self.update(boxes, scores, class_ids, {d.class_id: d.label for d in detections}, ts,
-                             one_class_per_object=True)
+        update = self.update(boxes, [d.score for d in detections], [d.class_id for d in detections],
+                             {d.class_id: d.label for d in detections}, ts, one_class_per_object=True)
         # Detection(...), not dataclasses.replace: 4x faster, and this runs per detection per frame.
-        tracked = [Detection(d.label, d.class_id, d.score, d.box, track_id, (vx, vy), age)
-                   for d, track_id, (vx, vy), age in zip(map(detections.__getitem__, update.detection_index.tolist()),
-                                                         update.track_id.tolist(), update.velocity.tolist(),
-                                                         update.age_s.tolist())]
+        tracked = [Detection(d.label, d.class_id, d.score, d.box, t.track_id, t.velocity, t.age_s)
+                   for t in update.tracked for d in (detections[t.detection_index],)]
         return DetectionResult(tracked, result.width, result.height, result.timings_ms, update)
 
     def flush(self) -> list[TrackInfo]:
         """End every confirmed track now (stream stopped): returns them as left."""
-        left = self._infos(np.flatnonzero(self._tracks["confirmed"]))
-        self._tracks = self._empty()
+        left = [track.info() for track in self._tracks if track.confirmed]
+        self._tracks, self._filter = [], np.zeros((5, 0, 2, 2))
         self._last_ts = None
         return left
 
     def _predict(self, dt: float) -> None:
-        t = self._tracks
-        kf = t["filter"]
-        kf[:, VELOCITY, 1] *= (t["misses"] == 0)[:, None]  # as ByteTrack: an unmatched track's size stops changing
-        size2 = _size_squared(kf[:, STATE])
-        by_coordinate = kf.reshape(-1, 5, 4)
-        by_coordinate[:] = _transition(dt) @ by_coordinate
-        kf[:, VAR_P] += (dt * POSITION_NOISE ** 2) * size2
-        kf[:, VAR_V] += (dt * VELOCITY_NOISE ** 2) * size2
+        kf = self._filter
+        size2 = _size_squared(kf[STATE])
+        by_quantity = kf.reshape(5, -1)
+        by_quantity[:] = _transition(dt) @ by_quantity
+        kf[VAR_P] += (dt * POSITION_NOISE ** 2) * size2
+        kf[VAR_V] += (dt * VELOCITY_NOISE ** 2) * size2
 
-    def _correct(self, rows: np.ndarray, measured: np.ndarray) -> None:
+    def _correct(self, rows: list[int], measured: np.ndarray) -> None:
         """Kalman update of the tracks at ``rows`` with their measured ((cx, cy), (w, h))."""
-        kf = self._tracks["filter"]
-        f = kf[rows]
-        innovation = measured - f[:, STATE]
-        innovation_var = f[:, VAR_P] + MEASUREMENT_STD ** 2 * _size_squared(f[:, STATE])
-        gain = f[:, VAR_P:COV_PV + 1] / innovation_var[:, None]  # (rows, 2, 2, 2): of position, of velocity
-        f[:, VAR_V] -= gain[:, 1] * f[:, COV_PV]
-        f[:, STATE:VELOCITY + 1] += gain * innovation[:, None]
-        f[:, VAR_P:COV_PV + 1] *= 1 - gain[:, :1]  # var_p and cov_pv, each times (1 - position gain)
-        kf[rows] = f
+        kf = self._filter
+        f = kf[:, rows]
+        innovation = measured - f[STATE]
+        innovation_var = f[VAR_P] + MEASUREMENT_STD ** 2 * _size_squared(f[STATE])
+        gain = f[VAR_P:COV_PV + 1] / innovation_var  # (2, rows, 2, 2): of position, of velocity
+        f[VAR_V] -= gain[1] * f[COV_PV]
+        f[STATE:VELOCITY + 1] += gain * innovation
+        f[VAR_P:COV_PV + 1] *= 1 - gain[0]  # var_p and cov_pv, each times (1 - position gain)
+        kf[:, rows] = f
 
-    def _associate(self, ious: np.ndarray, costs: np.ndarray, gate: float, tracks: np.ndarray | None,
-                   detections: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Hungarian matching of the tracks in the ``tracks`` mask (None: every one) to the detections in the
-        ``detections`` mask, on ``costs`` (1 - IoU, plus CLASS_CHANGE_COST where the classes differ: a track takes
-        a detection of its own class first), pairs with IoU >= ``gate`` only: rows of track, detection indices."""
-        allowed = (ious >= gate) & detections
-        if tracks is not None:
-            allowed &= tracks[:, None]
+    @staticmethod
+    def _associate(ious: np.ndarray, costs: np.ndarray, gate: float, rows: list[int] | None,
+                   dets: list[int]) -> list[tuple[int, int]]:
+        """Hungarian matching of the tracks at ``rows`` (None: every one) to the detections ``dets`` on ``costs``
+        (1 - IoU, plus CLASS_CHANGE_COST where the classes differ: a track takes a detection of its own class
+        first), pairs with IoU >= ``gate`` only: (track row, detection) pairs."""
+        if rows == [] or not dets:
+            return []
+        iou, cost = (ious[:, dets], costs[:, dets]) if rows is None else (ious[rows][:, dets], costs[rows][:, dets])
+        allowed = iou >= gate
         if not allowed.any():
-            return _NONE, _NONE
-        r, c = linear_sum_assignment(np.where(allowed, costs, NO_MATCH))
-        ok = allowed[r, c]
-        return r[ok], c[ok]
+            return []
+        r, c = linear_sum_assignment(np.where(allowed, cost, NO_MATCH))
+        r_list = r.tolist() if rows is None else [rows[i] for i in r.tolist()]
+        return [(row, dets[j]) for row, i, j in zip(r_list, r.tolist(), c.tolist()) if allowed[i, j]]
 
-    def _birth(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Labels,
-               ts: float) -> None:
+    def _birth(self, boxes: np.ndarray, scores: list[float], class_ids: list[int], box_tuples: list[tuple[float, ...]],
+               labels: Labels, ts: float) -> None:
         n = len(boxes)
-        kf = np.zeros((n, 5, 2, 2))
-        kf[:, STATE] = _centre_size(boxes)
-        size2 = _size_squared(kf[:, STATE])
-        kf[:, VAR_P] = INITIAL_POSITION_STD ** 2 * size2
-        kf[:, VAR_V] = INITIAL_VELOCITY_STD ** 2 * size2
-        new = {"filter": kf, "id": np.arange(self._next_id, self._next_id + n), "class_id": class_ids,
-               "label": np.array([labels[c] for c in class_ids.tolist()], dtype=object),
-               "hits": np.ones(n, np.int64), "misses": np.zeros(n, np.int64),
-               "confirmed": np.full(n, self.min_hits <= 1), "first_seen": np.full(n, ts),
-               "last_seen": np.full(n, ts), "best_score": scores, "best_box": boxes}
+        kf = np.zeros((5, n, 2, 2))
+        kf[STATE] = _centre_size(boxes)
+        size2 = _size_squared(kf[STATE])
+        kf[VAR_P] = INITIAL_POSITION_STD ** 2 * size2
+        kf[VAR_V] = INITIAL_VELOCITY_STD ** 2 * size2
+        self._tracks += [_Track(self._next_id + i, c, labels[c], score, box, ts, self.min_hits <= 1)
+                         for i, (c, score, box) in enumerate(zip(class_ids, scores, box_tuples))]
+        self._filter = np.concatenate([self._filter, kf], axis=1)
         self._next_id += n
-        self._tracks = {name: np.concatenate([values, new[name]]) for name, values in self._tracks.items()}
-
-    def _infos(self, rows: np.ndarray) -> list[TrackInfo]:
-        t = self._tracks
-        return [TrackInfo(int(t["id"][i]), t["label"][i], int(t["class_id"][i]), float(t["best_score"][i]),
-                          tuple(t["best_box"][i].tolist()), float(t["first_seen"][i]), float(t["last_seen"][i]))
-                for i in rows.tolist()]
 
 
-def _not_other_classes_view(candidates: np.ndarray, matched: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                            class_ids: np.ndarray) -> np.ndarray:
+def _not_other_classes_view(candidates: list[int], matched: list[int], boxes: np.ndarray, scores: list[float],
+                            class_ids: np.ndarray) -> list[int]:
     """Of ``candidates`` (detections that would start tracks), those left once each that is another class's view
     of an object goes: a candidate that a detection of another class covers (IoU >= SAME_OBJECT_IOU), where that
     one is ``matched`` to a track this frame or is a better-scored candidate kept. A detector unsure between two
     classes for a small object reports one box per class (NMS is per class)."""
-    others = np.concatenate([matched, candidates])
+    others = matched + candidates
     if (class_ids[others] == class_ids[candidates[0]]).all():  # the usual case: nothing to compare
         return candidates
     covered = ((iou_matrix(boxes[candidates], boxes[others]) >= SAME_OBJECT_IOU)
@@ -351,10 +367,10 @@ def _not_other_classes_view(candidates: np.ndarray, matched: np.ndarray, boxes: 
         return candidates
     by_matched, by_candidate = covered[:, :len(matched)].any(axis=1), covered[:, len(matched):]
     kept: list[int] = []
-    for i in np.argsort(-scores[candidates], kind="stable").tolist():
+    for i in sorted(range(len(candidates)), key=lambda i: -scores[candidates[i]]):
         if not by_matched[i] and not by_candidate[i, kept].any():
             kept.append(i)
-    return candidates[sorted(kept)]
+    return [candidates[i] for i in sorted(kept)]
 
 
 def detection_floor(confidence: float, low: float) -> float:
