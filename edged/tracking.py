@@ -89,7 +89,7 @@ class TrackInfo:
     label: str
     class_id: int
     best_score: float
-    best_box: tuple[float, float, float, float]
+    best_box: tuple[float, ...]  # x1, y1, x2, y2
     first_seen: float  # capture ts of the first detection
     last_seen: float  # capture ts of the last matched detection
 
@@ -120,8 +120,8 @@ class _Track:
         self.best_score, self.best_box = score, box
 
     def info(self) -> TrackInfo:
-        return TrackInfo(self.track_id, self.label, self.class_id, self.best_score, self.best_box,  # type: ignore[arg-type]
-                         self.first_seen, self.last_seen)
+        return TrackInfo(self.track_id, self.label, self.class_id, self.best_score, self.best_box, self.first_seen,
+                         self.last_seen)
 
 
 def _xyxy(state: np.ndarray) -> np.ndarray:
