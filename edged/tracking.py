@@ -305,8 +305,8 @@ class Tracker:
     def _predict(self, dt: float) -> None:
         kf = self._filter
         size2 = _size_squared(kf[STATE])
-        by_quantity = kf.reshape(5, -1)
-        by_quantity[:] = _transition(dt) @ by_quantity
+        # Assigned back whole: after tracks were removed, kf is not contiguous, and reshape() would give a copy.
+        kf[...] = (_transition(dt) @ kf.reshape(5, -1)).reshape(kf.shape)
         kf[VAR_P] += (dt * POSITION_NOISE ** 2) * size2
         kf[VAR_V] += (dt * VELOCITY_NOISE ** 2) * size2
 

@@ -65,6 +65,21 @@ def test_occlusion_keeps_the_id():
     assert len(updates[25].tracked) == 1
 
 
+def test_fast_small_objects_keep_their_ids_after_another_track_dies():
+    """16 px boxes moving 8 px a frame: unpredicted, their tracks would fall behind and lose them. Every track must
+    still be predicted after another has been removed (the filter is then a copy of the survivors' rows)."""
+    tracker = Tracker()
+    ids_seen = set()
+    for k in range(60):
+        detections = [(box(100 + 8 * k, 300, 16, 16), 0.9, 0), (box(100 + 8 * k, 500, 16, 16), 0.9, 0)]
+        if k == 5:
+            detections.append((box(600, 100), 0.9, 1))  # a one-frame false positive: a track born, then dropped
+        update = step(tracker, detections, k / FPS)
+        ids_seen.update(ids(update).values())
+    assert ids_seen == {1, 2}
+    assert update.tracked[0].velocity == pytest.approx((240.0, 0.0), rel=0.02, abs=1.0)
+
+
 def test_two_objects_of_one_class_crossing_keep_their_ids():
     tracker = Tracker()
     tracks = {}
