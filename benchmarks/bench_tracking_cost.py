@@ -119,7 +119,7 @@ def accounting(images: list[np.ndarray], detector: Detector, config: Config, out
         tensor, transform = detector.preprocess(image)
         inferred.append((detector.infer(tensor), transform))
     model = model_descriptor(detector)
-    tracker = Tracker(min_hits=config.tracking.min_hits, max_age=config.tracking.max_age, high=confidence, low=low)
+    tracker = Tracker.from_config(config)
     objects = StreamObjects("bench", tracker, config, lambda: outbox, lambda *a, **k: None, encoder)
     spent = {"decode_nms": 0, "tracker": 0, "message": 0, "objects_sink": 0}
     start = time.time()
@@ -173,7 +173,7 @@ def main() -> int:
     detector = Detector(demo_model_path(), session, confidence=detection_floor(confidence, low))
     outbox = MqttClient(MqttSettings(queue_limit=1000), "bench", announce=False)  # never started: an outbox
     encoder = SnapshotEncoder(lambda: outbox)
-    tracker = Tracker(min_hits=config.tracking.min_hits, max_age=config.tracking.max_age, high=confidence, low=low)
+    tracker = Tracker.from_config(config)
     tracked_blocks = TrackedBlocks(tracker, confidence)
     clock = Clock(StreamObjects("bench", tracker, config, lambda: outbox, lambda *a, **k: None, encoder))
     pipeline = Pipeline(detector, "bench", [clock], "bench", tracker=tracked_blocks)  # type: ignore[arg-type]

@@ -405,10 +405,8 @@ class Daemon:
     def _start_stream(self, settings: StreamSettings) -> None:
         assert self.detector is not None
         tracker, objects = None, None
-        tracking = self.config.tracking
-        if tracking.enabled:
-            tracker = Tracker(min_hits=tracking.min_hits, max_age=tracking.max_age, high=self.config.model.confidence,
-                              low=tracking.low, first_id=self._next_track_id.get(settings.name, 1))
+        if self.config.tracking.enabled:
+            tracker = Tracker.from_config(self.config, self._next_track_id.get(settings.name, 1))
             objects = StreamObjects(settings.name, tracker, self.config, lambda: self.mqtt, self._event,
                                     self.snapshots)
         self.runners[settings.name] = runner = StreamRunner(

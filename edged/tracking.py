@@ -52,6 +52,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from edged.config import Config
 from edged.evaluation import iou_matrix
 from edged.inference.detector import Detection, DetectionResult
 
@@ -103,11 +104,11 @@ class TrackUpdate:
     tracked: list[TrackedDetection]  # detections of confirmed tracks matched this frame, in detection order
     entered: list[TrackInfo]  # tracks confirmed this frame
     left: list[TrackInfo]  # confirmed tracks that died this frame
-    in_view: dict[str, int]  # label -> confirmed tracks alive (matched within the last max_age frames)
+    in_view: dict[str, int]  # label -> confirmed tracks missed fewer than IN_VIEW_MISSES frames in a row
 
 
 class _Track:
-    """A track's bookkeeping; its filter is its row of ``Tracker._filter``."""
+    """A track's bookkeeping; its filter is its column of ``Tracker._filter``."""
 
     __slots__ = ("track_id", "class_id", "label", "hits", "misses", "confirmed", "first_seen", "last_seen",
                  "best_score", "best_box")
@@ -176,6 +177,13 @@ class Tracker:
         self._tracks: list[_Track] = []  # in birth (so id) order
         self._filter = np.zeros((5, 0, 2, 2))  # a column per track: see STATE
 
+    @classmethod
+    def from_config(cls, config: Config, first_id: int = 1) -> Tracker:
+        """The daemon's tracker: ``tracking`` settings, and high-score detections from ``model.confidence``."""
+        tracking = config.tracking
+        return cls(min_hits=tracking.min_hits, max_age=tracking.max_age, high=config.model.confidence,
+                   low=tracking.low, first_id=first_id)
+
     def update(self, boxes: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, labels: Labels,
                ts: float, *, one_class_per_object: bool = False) -> TrackUpdate:
         """boxes (N,4) float x1,y1,x2,y2 in source pixels; scores (N,); class_ids (N,) int; labels: class
@@ -195,11 +203,9 @@ class Tracker:
         if tracks:
             self._predict(dt)
         pairs = self._match(boxes, class_array, high, low)  # (track row, detection)
-        box_list = boxes.tolist()
         if pairs:
-            self._correct([row for row, _ in pairs], np.array(
-                [((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1) for x1, y1, x2, y2 in (box_list[d] for _, d in pairs)]
-            ).reshape(-1, 2, 2))  # ((cx, cy), (w, h)), as _centre_size: a list of a few boxes is faster so
+            self._correct([row for row, _ in pairs], _centre_size(boxes[[d for _, d in pairs]]))
+        box_list = boxes.tolist()
 
         entered: list[TrackInfo] = []
         shown: list[tuple[int, int]] = []  # (detection, track row) of confirmed tracks
@@ -230,8 +236,7 @@ class Tracker:
         if born and one_class_per_object:
             born = _not_other_classes_view(born, [d for _, d in pairs], boxes, score_list, class_array)
         if born:
-            self._birth(boxes[born], [score_list[d] for d in born], [class_list[d] for d in born],
-                        [tuple(box_list[d]) for d in born], labels, ts)
+            self._birth(boxes[born], [score_list[d] for d in born], [class_list[d] for d in born], labels, ts)
             if self.min_hits <= 1:
                 new = self._tracks[-len(born):]
                 entered += [track.info() for track in new]
@@ -335,11 +340,9 @@ class Tracker:
         if not allowed.any():
             return []
         r, c = linear_sum_assignment(np.where(allowed, cost, NO_MATCH))
-        r_list = r.tolist() if rows is None else [rows[i] for i in r.tolist()]
-        return [(row, dets[j]) for row, i, j in zip(r_list, r.tolist(), c.tolist()) if allowed[i, j]]
+        return [(i if rows is None else rows[i], dets[j]) for i, j in zip(r.tolist(), c.tolist()) if allowed[i, j]]
 
-    def _birth(self, boxes: np.ndarray, scores: list[float], class_ids: list[int], box_tuples: list[tuple[float, ...]],
-               labels: Labels, ts: float) -> None:
+    def _birth(self, boxes: np.ndarray, scores: list[float], class_ids: list[int], labels: Labels, ts: float) -> None:
         n = len(boxes)
         kf = np.zeros((5, n, 2, 2))
         kf[STATE] = _centre_size(boxes)
@@ -347,7 +350,7 @@ class Tracker:
         kf[VAR_P] = INITIAL_POSITION_STD ** 2 * size2
         kf[VAR_V] = INITIAL_VELOCITY_STD ** 2 * size2
         self._tracks += [_Track(self._next_id + i, c, labels[c], score, box, ts, self.min_hits <= 1)
-                         for i, (c, score, box) in enumerate(zip(class_ids, scores, box_tuples))]
+                         for i, (c, score, box) in enumerate(zip(class_ids, scores, map(tuple, boxes.tolist())))]
         self._filter = np.concatenate([self._filter, kf], axis=1)
         self._next_id += n
 
