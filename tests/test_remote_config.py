@@ -88,6 +88,8 @@ def test_a_threshold_push_applies_live_and_survives_a_restart(tmp_path: Path, br
             assert_contiguous([m["seq"] for m in detections(sub, "a")], "seq")  # applied in place
             sub.wait_for(lambda: state(sub)["version"] == 1, timeout=5, what="the config state")
             assert state(sub)["config"]["model"]["classes"] == ["circle"]
+            since_push = [m.json() for m in sub.messages(f"{P}/config/state") if m.json()["ts"] > sent]
+            assert [s["version"] for s in since_push] == [1]  # one state a push, already with its version
             assert [e["kind"] for e in events(sub) if e["kind"].startswith("config_")] == ["config_applied"]
             print(f"\nthreshold push: result after {took:.2f} s")
             assert daemon.stop() == 0

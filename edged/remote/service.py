@@ -82,6 +82,7 @@ class RemoteConfig:
         self._key: bytes | None = None
         self._queue: deque[Received] = deque()
         self._lock = threading.Lock()
+        self._applying: RemoteState | None = None  # a push's state while the daemon applies it, not yet persisted
 
     # ---------------------------------------------------------------- the config in force
     def effective(self, file_config: Config, *, starting: bool) -> Config:
@@ -166,7 +167,8 @@ class RemoteConfig:
         if self.mqtt is None or self.store is None:
             return
         config = self.host.config
-        message = config_state_message(config.device_id, self.store.state.version, config.effective())
+        state = self._applying or self.store.state  # while a push is applied, its config is the one in force
+        message = config_state_message(config.device_id, state.version, config.effective())
         self.mqtt.set_retained(self.mqtt.topic("config/state"), message)
 
     def _on_message(self, topic: str, payload: bytes, retained: bool, properties: dict[str, str]) -> None:
@@ -232,11 +234,14 @@ class RemoteConfig:
             self._refuse(push_id, version, exc.errors if isinstance(exc, ConfigError) else [str(exc)], received.topic)
             return
         cause = f"Config push {push_id} (version {version}, {received.topic})"
-        errors = self.host.apply(new, cause)  # the daemon says config_applied or config_rejected itself
+        self._applying = state
+        try:  # the daemon says config_applied or config_rejected itself, and publishes the state once applied
+            errors = self.host.apply(new, cause)
+        finally:
+            self._applying = None
         if not errors:
             try:
                 pending.commit()
-                self.publish_state()  # with the new version
             except StateError as exc:
                 errors = [str(exc)]
                 self.host.apply(current, f"{cause}: rolled back, as it could not be persisted")
