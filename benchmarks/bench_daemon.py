@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """The daemon against its quality targets (DESIGN.md part 3), as ratios where possible.
 
-- throughput: ``edged run`` on a video file (every frame), from its first to its last publish, over
-  two bare loops on the same model, threads and frames (see bench_detect.py): ``session.run`` alone,
-  and decode + preprocess + ``session.run`` + postprocess in one thread. Interleaved rounds, each
-  running the three in rotating order; rounds beside other load are rejected (see rounds.py);
+- throughput: ``edged run`` on a video file (every frame), from its first to its last publish, with tracking on
+  (the default config) and off (``tracking.enabled: false``), each over two bare loops on the same model, threads
+  and frames (see bench_detect.py): ``session.run`` alone, and decode + preprocess + ``session.run`` + postprocess
+  in one thread; and tracking on over off. Interleaved rounds (default 5), each running the four in rotating
+  order; rounds beside other load are rejected (see rounds.py); each ratio's median and spread over the
+  accepted rounds;
 - latency: capture to subscriber (receive time minus ``ts_capture``), p50 and p99, against the median
   inference time, for a camera-like source (the clip looping in real time, 30 fps and capped at 10 fps);
 - memory: the daemon's resident set size (VmRSS, and its peak VmHWM) after the file, in each round;
@@ -13,7 +15,8 @@
 A real Mosquitto runs on a free loopback port (the tests' helper); the subscriber runs in this
 process. Exit status 1 when a model has no accepted round. Run from the repo root:
 
-    python benchmarks/bench_daemon.py [--models M ...] [--frames 200] [--repeats 3] [--json FILE]
+    python benchmarks/bench_daemon.py [--models M ...] [--frames 200] [--repeats 5] [--no-latency]
+                                      [--json FILE] [--plot FILE.png]
 """
 
 from __future__ import annotations
@@ -46,11 +49,15 @@ from tests.broker import Broker, Subscriber  # noqa: E402
 
 # This folder is on sys.path when run as a script.
 from bench_detect import baseline_cases  # noqa: E402
-from rounds import CLK_TCK, LoadMeter, Round, add_options, process_ticks, report, run_rounds, summarize  # noqa: E402
+from rounds import (BASELINES, CLK_TCK, LoadMeter, Round, add_options, display_name, over, plot,  # noqa: E402
+                    process_ticks, report, run_rounds, summarize)
 
 DEVICE = "bench"
 DETECTIONS = f"edged/{DEVICE}/streams/s/detections"  # the only topic subscribed: len(received) counts them
 YOLOV8N = REPO.parent / "shared" / "models" / "yolov8n-640-random.onnx"
+DAEMONS = {"tracking_on": None, "tracking_off": {"tracking": {"enabled": False}}}  # case -> config beyond the defaults
+COMPARED = over(tuple(DAEMONS), BASELINES) + (("tracking_on", "tracking_off"),)
+LATENCY_CAPS = (None, 10.0)  # a 30 fps source, and the same capped at max_fps 10
 
 
 class RunningDaemon:
@@ -142,44 +149,55 @@ def latency(folder: Path, broker: Broker, model: Path, video: Path, threads: int
 
 
 def daemon_figures(r: Round) -> str:
-    """The round's secondary figures, for its report line."""
-    d = r.results["edged"]
-    return f"READY {d['ready_s']} s, RSS {d['rss_mb']} MB (peak {d['peak_rss_mb']})"
+    """The round's secondary figures, for its report."""
+    figures = []
+    for name in DAEMONS:
+        d = r.results[name]
+        figures.append(f"{display_name(name)}: {d['cpu_ms_per_frame']} CPU ms a frame, READY {d['ready_s']} s, "
+                       f"RSS {d['rss_mb']} MB (peak {d['peak_rss_mb']})")
+    return "; ".join(figures)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", type=Path, default=None,
                         help="default: the demo detector, and YOLOv8n from shared/ when present")
-    parser.add_argument("--frames", type=int, default=200)
-    add_options(parser)
+    parser.add_argument("--frames", type=int, default=200, help="the clip's length; every case runs all of it")
+    add_options(parser, repeats=5)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=10.0, help="latency measurement per case")
+    parser.add_argument("--no-latency", action="store_true", help="throughput rounds only")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                        help="each model's ratios by round and their medians (needs matplotlib)")
     args = parser.parse_args()
+    caps = () if args.no_latency else LATENCY_CAPS
     models = args.models or [demo_model_path()] + ([YOLOV8N] if YOLOV8N.exists() else [])
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         video = write_clip(folder / "bench.mp4", seed=99, frames=args.frames)
         with Broker(folder / "broker") as broker, \
-                tqdm(total=(3 * args.repeats + 2) * len(models), unit="run", disable=None) as bar:
+                tqdm(total=len(models) * ((len(BASELINES) + len(DAEMONS)) * args.repeats + len(caps)),
+                     desc="benchmark", unit="run", disable=None) as bar:
             assert broker.process is not None
             for model in models:
                 detector = Detector(model, SessionConfig(providers=("cpu",), threads=args.threads))
                 cases = baseline_cases(detector, video) | {
-                    "edged": partial(edged_run, folder, broker, model, video, args.frames, args.threads)}
+                    name: partial(edged_run, folder, broker, model, video, args.frames, args.threads, extra)
+                    for name, extra in DAEMONS.items()}
                 rounds = run_rounds(cases, args.repeats, args.max_other_load, bar, model.name,
-                                    watch=[broker.process.pid])
+                                    watch=[broker.process.pid], compared=COMPARED)
                 summary = summarize(rounds, args.max_other_load)
-                entry = results[model.name] = {"throughput": summary, "latency": []}
+                entry = results[model.name] = {"frames": args.frames, "throughput": summary, "latency": []}
                 entry["report"] = report(rounds, summary, daemon_figures)
-                for cap in (None, 10.0):
+                for cap in caps:
                     bar.set_postfix_str(f"{model.name} latency, max_fps {cap}")
                     entry["latency"].append(latency(folder, broker, model, video, args.threads, cap, args.seconds))
                     bar.update()
     for name, entry in results.items():
-        print(f"\n{name}, throughput (daemon = edged):")
+        print(f"\n{name}, throughput, every frame of a {entry['frames']}-frame file; tracking on / off: the daemon "
+              f"(edged run) with tracking, and with it snapshots, on (its default) / off:")
         print("\n".join(entry.pop("report")))
         for lat in entry["latency"]:
             cap = f"max_fps {lat['max_fps']}" if lat["max_fps"] else "30 fps source"
@@ -189,6 +207,8 @@ def main() -> int:
                   f"{lat['p99_over_inference']}); other load {lat['other_load_cores']:.2f} cores")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.plot:
+        plot({name: entry["throughput"] for name, entry in results.items()}, args.plot)
     return 0 if all(entry["throughput"]["accepted"] for entry in results.values()) else 1
 
 

@@ -34,7 +34,7 @@ from edged.optimize import quantize_int8
 from edged.synthetic import write_clip
 
 from bench_detect import YOLOV8N, video_frames  # this folder is on sys.path when run as a script
-from rounds import Case, add_options, run_rounds, summarize
+from rounds import Case, add_options, over, report, run_rounds, summarize
 
 CALIBRATION_FRAMES = 100
 
@@ -64,25 +64,11 @@ def bench_model(model: Path, clip: Path, tmp: Path, args: argparse.Namespace, ba
     images = [image for _, image in zip(range(args.frames), video_frames(clip))]
     blobs = [detectors["fp32"].preprocess(image)[0] for image in images]
     cases: dict[str, Case] = {name: (lambda d=d: timed_runs(d, blobs, args.passes)) for name, d in detectors.items()}
-    rounds = run_rounds(cases, args.repeats, args.max_other_load, bar, model.name, measured="int8",
-                        baselines=("fp32",))
+    rounds = run_rounds(cases, args.repeats, args.max_other_load, bar, model.name, compared=over(("int8",), ("fp32",)))
     summary = summarize(rounds, args.max_other_load)
-    lines = []
-    for index, r in enumerate(rounds, 1):
-        cells = ", ".join(f"{name} {r.results[name]['fps']:.1f} fps (other load {r.other_cores[name]:.2f})"
-                          for name in r.order)
-        verdict = "accepted" if r.accepted else f"REJECTED: other load over {args.max_other_load} cores"
-        lines.append(f"  round {index}: {cells}; int8 / fp32 {r.ratios['fp32']:.3f}; {verdict}")
-    if summary["accepted"]:
-        fps = summary["median_fps"]
-        lines.append(f"  median of {summary['accepted']} accepted rounds ({summary['rejected']} rejected for load): "
-                     f"int8 / fp32 {summary['median_ratio']['fp32']:.3f} (fp32 {fps['fp32']:.1f}, "
-                     f"int8 {fps['int8']:.1f} fps)")
-    else:
-        lines.append("  NO ROUND ACCEPTED: every round ran beside other load; no ratio reported")
     return {"model": model.name, "int8": str(int8), "provider": detectors["fp32"].provider,
             "input_size": list(detectors["fp32"].input_size), "frames": len(blobs), "passes": args.passes,
-            "threads": args.threads, **summary, "report": lines}
+            "threads": args.threads, **summary, "report": report(rounds, summary)}
 
 
 def main() -> int:

@@ -28,13 +28,19 @@ from tqdm import tqdm
 from bench_daemon import edged_run  # this folder is on sys.path when run as a script; it puts the repo there
 from edged.demo import demo_model_path
 from edged.synthetic import write_clip
-from rounds import Case, add_options, run_rounds, summarize
+from rounds import Case, Round, add_options, over, report, run_rounds, summarize
 from tests.broker import Broker
 
 CASES = {"none": {"tracking": {"enabled": False}, "snapshots": {"enabled": False}},
          "off": {"snapshots": {"enabled": False}},
          "default": {"snapshots": {"enabled": True, "interval_s": 1.0}},
          "every": {"snapshots": {"enabled": True, "interval_s": 0}}}
+OVER_NONE = ("off", "default", "every")  # the cases compared with "none"
+
+
+def cpu_figures(r: Round) -> str:
+    """Each case's CPU time a frame (all the daemon's threads), for the round's report."""
+    return "CPU ms a frame: " + ", ".join(f"{name} {r.results[name]['cpu_ms_per_frame']:.1f}" for name in r.order)
 
 
 def main() -> int:
@@ -51,30 +57,17 @@ def main() -> int:
             for name, extra in CASES.items()}
         with tqdm(total=len(cases) * args.repeats, desc="benchmark", unit="run", disable=None) as bar:
             rounds = run_rounds(cases, args.repeats, args.max_other_load, bar, "snapshots", [broker.process.pid],
-                                measured="none", baselines=("off", "default", "every"))
-    summary = summarize(rounds, args.max_other_load)  # its ratios are none / each of the others
-    for index, r in enumerate(rounds, 1):
-        cells = ", ".join(f"{name} {r.results[name]['fps']:.1f} fps, {r.results[name]['cpu_ms_per_frame']:.1f} CPU "
-                          f"ms a frame (other load {r.other_cores[name]:.2f})" for name in r.order)
-        verdict = "accepted" if r.accepted else f"REJECTED: other load over {args.max_other_load} cores"
-        ratios = ", ".join(f"{name} / none {1 / r.ratios[name]:.3f}" for name in ("off", "default", "every"))
-        print(f"round {index}: {cells}; {ratios}; {verdict}")
+                                compared=over(OVER_NONE, ("none",)))
+    summary = summarize(rounds, args.max_other_load)
+    print("\n".join(report(rounds, summary, cpu_figures)))
     accepted = [r for r in rounds if r.accepted]
     if accepted:
         # CPU time a frame, each case over "none" within a round: steadier than fps on a noisy host.
         summary["cpu_over_none"] = {
             name: round(statistics.median(r.results[name]["cpu_ms_per_frame"] / r.results["none"]["cpu_ms_per_frame"]
-                                          for r in accepted), 3) for name in ("off", "default", "every")}
-        print("CPU time a frame over that with tracking and snapshots off (median): " + ", ".join(
+                                          for r in accepted), 3) for name in OVER_NONE}
+        print("  CPU time a frame over that with tracking and snapshots off (median): " + ", ".join(
             f"{name} {ratio:.3f}" for name, ratio in summary["cpu_over_none"].items()))
-    if summary["accepted"]:
-        summary["over_none"] = {name: round(1 / ratio, 3) for name, ratio in summary.pop("median_ratio").items()}
-        print(f"median of {summary['accepted']} accepted rounds, throughput over that with tracking and snapshots "
-              f"off: tracking alone {summary['over_none']['off']:.3f}, tracking and snapshots (default) "
-              f"{summary['over_none']['default']:.3f}, encoding every best frame {summary['over_none']['every']:.3f} "
-              f"({summary['median_fps']} fps)")
-    else:
-        print("NO ROUND ACCEPTED: every round ran beside other load; no ratio reported")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0 if summary["accepted"] else 1

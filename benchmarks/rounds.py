@@ -7,19 +7,23 @@ other load beside each case: the busy CPU time of the whole machine (``/proc/sta
 of the processes the benchmark runs, averaged over the case's run. A round in which any case
 ran beside more other load than a threshold is reported, marked rejected and left out of the
 medians: one loaded case skews the round's ratios, however quiet the rest of the round was.
+
+The ratios are pairs of cases, each case's fps over another's within a round (``over``: several measured cases
+over several baselines); the report gives each one's value in every round, and its median with its spread over
+the accepted rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+import numpy as np
 from tqdm import tqdm
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of the times in /proc/stat and /proc/<pid>/stat
@@ -27,6 +31,25 @@ BASELINES = ("bare_inference", "bare_full")
 MEASURED = "edged"
 
 Case = Callable[[], dict[str, Any]]  # one run; returns at least {"fps": ...}
+Ratio = tuple[str, str]  # (case, baseline): the case's fps over the baseline's, within one round
+
+
+def over(measured: Sequence[str], baselines: Sequence[str]) -> tuple[Ratio, ...]:
+    """Each measured case over each baseline."""
+    return tuple((case, baseline) for case in measured for baseline in baselines)
+
+
+EDGED_OVER_BARE = over((MEASURED,), BASELINES)
+
+
+def ratio_name(ratio: Ratio) -> str:
+    """A ratio's key in ``Round.ratios`` and the JSON: ``case/baseline``."""
+    return "/".join(ratio)
+
+
+def display_name(name: str) -> str:
+    """A case's or ratio's name as the reports print it: ``edged / bare inference``."""
+    return name.replace("_", " ").replace("/", " / ")
 
 
 def machine_busy_ticks() -> int:
@@ -85,33 +108,32 @@ class Round:
     other_cores: dict[str, float]  # case name -> other load beside its run
     seconds: float
     accepted: bool
-    measured: str = MEASURED
-    baselines: tuple[str, ...] = BASELINES
-    ratios: dict[str, float] = field(init=False)  # the measured case's fps over each baseline's
+    compared: Sequence[Ratio] = EDGED_OVER_BARE
+    ratios: dict[str, float] = field(init=False)  # ratio_name -> the ratio in this round
 
     def __post_init__(self) -> None:
-        self.ratios = {b: self.results[self.measured]["fps"] / self.results[b]["fps"] for b in self.baselines}
+        self.ratios = {ratio_name((case, baseline)): self.results[case]["fps"] / self.results[baseline]["fps"]
+                       for case, baseline in self.compared}
 
     def to_json(self) -> dict[str, Any]:
         results = {name: {**result, "fps": round(result["fps"], 2)} for name, result in self.results.items()}
         return {"order": self.order, "results": results, "seconds": round(self.seconds, 1),
                 "other_load_cores": {name: round(cores, 3) for name, cores in self.other_cores.items()},
-                "accepted": self.accepted, "ratios": {b: round(r, 3) for b, r in self.ratios.items()}}
+                "accepted": self.accepted, "ratios": {name: round(r, 3) for name, r in self.ratios.items()}}
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds; each runs the bare loops and edged once, in rotating order (default 3)")
+def add_options(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help=f"rounds; each runs every case once, in rotating order (default {repeats})")
     parser.add_argument("--max-other-load", type=float, default=0.15, metavar="CORES",
                         help="reject a round in which a case ran beside more CPU load than this from other "
                              "processes, in cores averaged over the case's run (default 0.15)")
 
 
 def run_rounds(cases: dict[str, Case], repeats: int, max_other: float, bar: tqdm, label: str,
-               watch: Sequence[int] = (), measured: str = MEASURED,
-               baselines: tuple[str, ...] = BASELINES) -> list[Round]:
+               watch: Sequence[int] = (), compared: Sequence[Ratio] = EDGED_OVER_BARE) -> list[Round]:
     """``repeats`` rounds of every case; round i starts i cases further along. Each round's ratios are
-    ``measured``'s fps over each of ``baselines``'."""
+    ``compared``'s (``over`` makes them)."""
     names = list(cases)
     rounds = []
     for index in range(repeats):
@@ -124,41 +146,106 @@ def run_rounds(cases: dict[str, Case], repeats: int, max_other: float, bar: tqdm
                 results[name] = cases[name]()
             other[name], seconds = meter.other_cores, seconds + meter.seconds
             bar.update()
-        rounds.append(Round(order, results, other, seconds, max(other.values()) <= max_other, measured, baselines))
+        rounds.append(Round(order, results, other, seconds, max(other.values()) <= max_other, compared))
     return rounds
 
 
+def spread(values: Sequence[float]) -> dict[str, Any]:
+    """Median, interquartile range (25th to 75th percentile, interpolated linearly: of 5 values, the 2nd and the
+    4th smallest) and range."""
+    low, q1, median, q3, high = (round(float(v), 3) for v in np.percentile(values, [0, 25, 50, 75, 100]))
+    return {"median": median, "interquartile_range": [q1, q3], "range": [low, high]}
+
+
 def summarize(rounds: list[Round], max_other: float) -> dict[str, Any]:
-    """Per-round figures, and medians over the accepted rounds (none when no round was)."""
+    """Per-round figures, and over the accepted rounds (none when no round was) each case's median fps and each
+    ratio's median and spread."""
     accepted = [r for r in rounds if r.accepted]
     summary: dict[str, Any] = {"max_other_load": max_other, "rounds": [r.to_json() for r in rounds],
                                "accepted": len(accepted), "rejected": len(rounds) - len(accepted)}
     if accepted:
-        first = accepted[0]
-        summary["median_fps"] = {name: round(statistics.median(r.results[name]["fps"] for r in accepted), 1)
-                                 for name in (*first.baselines, first.measured)}
-        summary["median_ratio"] = {b: round(statistics.median(r.ratios[b] for r in accepted), 3)
-                                   for b in first.baselines}
+        summary["median_fps"] = {name: round(float(np.median([r.results[name]["fps"] for r in accepted])), 1)
+                                 for name in rounds[0].order}  # the first round runs the cases in their given order
+        summary["ratios"] = {name: spread([r.ratios[name] for r in accepted]) for name in accepted[0].ratios}
     return summary
 
 
+def columns(rows: list[list[str]], indent: str = "    ") -> list[str]:
+    """Rows as aligned text columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [indent + "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+
+
+def ratio_table(rounds: list[Round], summary: dict[str, Any]) -> list[str]:
+    """One row per ratio: its value in each round (``*``: rejected), then its median and spread over the
+    accepted rounds (when there are any)."""
+    stats = summary.get("ratios")
+    header = ["fps ratio", *(f"round {i}" for i in range(1, len(rounds) + 1))]
+    title = "  fps ratios by round (*: rejected for load, left out)"
+    if stats:
+        header += ["median", "interquartile range", "range"]
+        title += (f"; over the {summary['accepted']} accepted: median, interquartile range (25th to 75th "
+                  f"percentile), range (min to max)")
+    rows = [header]
+    for name in rounds[0].ratios:
+        row = [display_name(name), *(f"{r.ratios[name]:.3f}{' ' if r.accepted else '*'}" for r in rounds)]
+        if stats:
+            s = stats[name]
+            row += [f"{s['median']:.3f}", "{:.3f} to {:.3f}".format(*s["interquartile_range"]),
+                    "{:.3f} to {:.3f}".format(*s["range"])]
+        rows.append(row)
+    return [title + ":", *columns(rows)]
+
+
 def report(rounds: list[Round], summary: dict[str, Any], extra: Callable[[Round], str] | None = None) -> list[str]:
-    """One line per round (``extra`` adds to it), then ``summary``'s medians, or a line saying there are none."""
+    """One line per round (``extra`` adds a line below it), the ratios' table, then the median fps, or a line
+    saying there are no medians."""
     lines, max_other = [], summary["max_other_load"]
     for index, r in enumerate(rounds, 1):
-        fps = ", ".join(f"{name.replace('_', ' ')} {r.results[name]['fps']:.1f} fps (other load "
-                        f"{r.other_cores[name]:.2f})" for name in r.order)
+        fps = ", ".join(f"{display_name(name)} {r.results[name]['fps']:.1f} fps (other load {r.other_cores[name]:.2f})"
+                        for name in r.order)
         verdict = "accepted" if r.accepted else f"REJECTED: other load over {max_other} cores"
-        lines.append(f"  round {index}, {r.seconds:.0f} s: {fps}; edged / bare inference "
-                     f"{r.ratios['bare_inference']:.3f}, edged / bare full {r.ratios['bare_full']:.3f}; {verdict}"
-                     + (f"; {extra(r)}" if extra else ""))
+        lines.append(f"  round {index}, {r.seconds:.0f} s: {fps}; {verdict}")
+        if extra:
+            lines.append(f"    {extra(r)}")
+    lines += ratio_table(rounds, summary)
     if not summary["accepted"]:
         lines.append(f"  NO ROUND ACCEPTED: in all {len(rounds)}, a case ran beside more than {max_other} cores of "
                      f"other load; no ratio reported (run again on a quieter machine, or raise --max-other-load)")
         return lines
-    f, ratio = summary["median_fps"], summary["median_ratio"]
-    lines.append(f"  median of {summary['accepted']} accepted rounds ({summary['rejected']} rejected for load): "
-                 f"edged / bare inference {ratio['bare_inference']:.3f}, edged / bare full {ratio['bare_full']:.3f} "
-                 f"(bare inference {f['bare_inference']:.1f}, bare full {f['bare_full']:.1f}, "
-                 f"edged {f['edged']:.1f} fps)")
+    lines.append(f"  median fps of {summary['accepted']} accepted rounds ({summary['rejected']} rejected for load): "
+                 + ", ".join(f"{display_name(name)} {fps:.1f}" for name, fps in summary["median_fps"].items()))
     return lines
+
+
+def plot(summaries: dict[str, dict[str, Any]], path: Path) -> None:
+    """A PNG, one panel per summary (its title the key): each ratio by round, rejected rounds hollow, and its
+    median over the accepted rounds as a dashed line."""
+    import matplotlib  # only with --plot: in the dev extra
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(summaries), 1, figsize=(8, 3.2 * len(summaries)), dpi=100, squeeze=False)
+    for ax, (title, summary) in zip(axes[:, 0], summaries.items()):
+        rounds = summary["rounds"]
+        x = np.arange(1, len(rounds) + 1)
+        kept = np.array([r["accepted"] for r in rounds])
+        names = list(rounds[0]["ratios"])
+        for i, name in enumerate(names):
+            values = np.array([r["ratios"][name] for r in rounds])
+            shifted = x + 0.05 * (i - (len(names) - 1) / 2)  # side by side within a round, not on top of each other
+            line, = ax.plot(shifted[kept], values[kept], "o", label=display_name(name))
+            ax.plot(shifted[~kept], values[~kept], "o", mfc="none", color=line.get_color())
+            if "ratios" in summary:
+                ax.axhline(summary["ratios"][name]["median"], ls="--", lw=1, color=line.get_color())
+        ax.axhline(1.0, lw=0.8, color="grey")
+        ax.set_xticks(x)
+        ax.set_xlabel("round (hollow: rejected for load; dashed: median of the accepted)")
+        ax.set_ylabel("fps ratio")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
