@@ -552,11 +552,11 @@ class Daemon:
         return None
 
     def _announce(self) -> None:
-        """Home Assistant discovery for the config in force (withdrawn when turned off)."""
-        assert self.detector is not None
+        """Home Assistant discovery for the config in force and the sensors the host has (withdrawn when turned off)."""
+        assert self.detector is not None and self.resources is not None
         classes = self.config.model.classes
         labels = [label for label in self.detector.labels if classes is None or label in classes]
-        self.home_assistant.configure(self.config, labels)
+        self.home_assistant.configure(self.config, labels, self.resources.sensors.present(self.resources.sample))
 
     def _reject(self, why: str, errors: list[str]) -> list[str]:
         for line in errors:

@@ -210,7 +210,8 @@ class HomeAssistant:
         self._status_topic: str | None = None
         self._subscribed_on: MqttClient | None = None
 
-    def configure(self, config: Config, labels: list[str]) -> None:
+    def configure(self, config: Config, labels: list[str], readings: set[str]) -> None:
+        """Announce the entities for ``config`` and the sensor ``readings`` the host has (``Sensors.present``)."""
         mqtt = self._mqtt()
         if mqtt is None:
             return
@@ -220,7 +221,7 @@ class HomeAssistant:
             return
         try:
             entities = discovery_entities(config.device_id, config.mqtt.topic_prefix,
-                                          [s.name for s in config.streams], labels, __version__)
+                                          [s.name for s in config.streams], labels, __version__, readings)
         except ValueError as exc:  # two names that would make one entity id
             log.error("Home Assistant discovery not announced: %s", exc)
             return

@@ -3,8 +3,9 @@
 Discovery (https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery): a retained JSON config on
 ``<discovery_prefix>/<component>/<node_id>/<object_id>/config`` creates an entity; an empty retained payload on the
 same topic removes it. ``discovery_entities`` is the pure part (what to announce for a config);
-``DiscoveryPublisher`` remembers what it announced, so that entities gone from the config are removed, and sends
-everything again when Home Assistant comes back (``<discovery_prefix>/status`` = ``online``).
+``DiscoveryPublisher`` remembers what it announced, so that entities gone from the config (or whose sensor the
+host no longer has) are removed, and sends everything again when Home Assistant comes back
+(``<discovery_prefix>/status`` = ``online``).
 
 Every entity reads a topic edged publishes anyway (``P/health``, ``P/streams/<stream>/objects``, the snapshots),
 picking its value with a ``value_template``: no extra state topics, so enabling Home Assistant adds no traffic
@@ -18,14 +19,16 @@ import hashlib
 import json
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from edged.resources.governor import THROTTLED_NOW
 
 
 @dataclass(frozen=True)
 class Entity:
-    component: str  # "sensor" | "camera"
+    component: str  # "sensor" | "binary_sensor" | "camera"
     object_id: str  # unique within the device: [a-z0-9_]
     config: dict[str, Any]  # the discovery payload
 
@@ -47,10 +50,13 @@ def _literal(text: str) -> str:
 
 
 def discovery_entities(device_id: str, topic_prefix: str, streams: Sequence[str], labels: Sequence[str],
-                       sw_version: str) -> list[Entity]:
+                       sw_version: str, readings: Collection[str]) -> list[Entity]:
     """Every entity edged announces for this config: per stream, a count sensor per label, an fps sensor and a
-    stream-state sensor, and one camera per label (snapshots); per device: temperature (the hottest zone), resource
-    level, CPU %, memory available (MB) and MQTT queue depth.
+    stream-state sensor, and one camera per label (snapshots); per device: the resource level and the MQTT queue
+    depth, and of those that show a sensor, the ones whose reading the host has (``readings``, paths into health's
+    ``resources``: ``Sensors.present``): temperature (the hottest zone; ``temperatures_c``), CPU %
+    (``cpu_percent``), memory available in MB (``memory_available_mb``), whether the Raspberry Pi firmware
+    throttles now (``throttling``) and Jetson GPU load (``gpu.load_percent``).
 
     Raises ValueError if two entities would share an object_id (names built so that they run into each other,
     such as stream "a_count" with label "x" and stream "a" with label "count_x").
@@ -91,19 +97,36 @@ def discovery_entities(device_id: str, topic_prefix: str, streams: Sequence[str]
         for label in labels:
             add("camera", f"{s}_{_safe_id(label)}_snapshot", f"{stream} {label} snapshot",
                 topic=f"{base}/streams/{stream}/{label}/snapshot")
-    add("sensor", "temperature", "Temperature", state_topic=health,
-        value_template="{% set t = value_json.resources.temperatures_c %}{{ t.values() | max if t else none }}",
-        device_class="temperature", unit_of_measurement="°C", **measurement, **diagnostic)
+    # An entity for a sensor the host lacks would stay unknown for good: none is announced. A sensor found later
+    # (rare) gets its entity at the next config reload, which also removes those of sensors gone; Home
+    # Assistant's "online" only gets what was announced again.
+    if "temperatures_c" in readings:
+        add("sensor", "temperature", "Temperature", state_topic=health,
+            value_template="{% set t = value_json.resources.temperatures_c %}{{ t.values() | max if t else none }}",
+            device_class="temperature", unit_of_measurement="°C", **measurement, **diagnostic)
     add("sensor", "resource_level", "Resource level", state_topic=health,
         value_template="{{ value_json.resource_manager.level }}", **diagnostic)
-    add("sensor", "cpu_percent", "CPU", state_topic=health, value_template="{{ value_json.resources.cpu_percent }}",
-        unit_of_measurement="%", **measurement, **diagnostic)
-    add("sensor", "memory_available", "Memory available", state_topic=health,
-        value_template="{{ value_json.resources.memory_available_mb }}", device_class="data_size",
-        unit_of_measurement="MB", **measurement, **diagnostic)
+    if "cpu_percent" in readings:
+        add("sensor", "cpu_percent", "CPU", state_topic=health,
+            value_template="{{ value_json.resources.cpu_percent }}", unit_of_measurement="%", **measurement,
+            **diagnostic)
+    if "memory_available_mb" in readings:
+        add("sensor", "memory_available", "Memory available", state_topic=health,
+            value_template="{{ value_json.resources.memory_available_mb }}", device_class="data_size",
+            unit_of_measurement="MB", **measurement, **diagnostic)
     add("sensor", "mqtt_queue_depth", "MQTT queue depth", state_topic=health,
         value_template="{{ value_json.mqtt.queue_depth }}", unit_of_measurement="messages", **measurement,
         **diagnostic)
+    if "throttling" in readings:
+        now = " or ".join(f"t.{flag}" for flag in THROTTLED_NOW)
+        add("binary_sensor", "throttled", "Throttled", state_topic=health,
+            value_template=f"{{% set t = value_json.resources.throttling %}}"
+                           f"{{{{ ('ON' if {now} else 'OFF') if t else none }}}}",
+            device_class="problem", **diagnostic)
+    if "gpu.load_percent" in readings:
+        add("sensor", "gpu_load", "GPU load", state_topic=health,
+            value_template="{% set g = value_json.resources.gpu %}{{ g.load_percent if g else none }}",
+            unit_of_measurement="%", **measurement, **diagnostic)
 
     seen: set[str] = set()
     for entity in entities:

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +23,15 @@ from tests.broker import Broker, Subscriber
 
 DEVICE = "cam1"
 P = f"edged/{DEVICE}"
+# The readings behind the per-device sensor entities (paths into health's resources), and those entities.
+SENSED = {"temperatures_c": "temperature", "cpu_percent": "cpu_percent", "memory_available_mb": "memory_available",
+          "throttling": "throttled", "gpu.load_percent": "gpu_load"}
 
 
-def entities(streams: list[str] | None = None, labels: list[str] | None = None) -> list[Entity]:
+def entities(streams: list[str] | None = None, labels: list[str] | None = None,
+             readings: Collection[str] = frozenset(SENSED)) -> list[Entity]:
     return discovery_entities(DEVICE, "edged", ["front"] if streams is None else streams,
-                              ["person", "traffic light"] if labels is None else labels, "1.2.3")
+                              ["person", "traffic light"] if labels is None else labels, "1.2.3", readings)
 
 
 def by_id(found: list[Entity]) -> dict[str, Entity]:
@@ -42,7 +46,9 @@ def renderer() -> Callable[[str, Any], str]:
 
 HEALTH = {"streams": {"front": {"state": "up", "fps_out": 9.5}},
           "resources": {"temperatures_c": {"cpu": 51.0, "gpu": 63.5}, "cpu_percent": 37.2,
-                        "memory_available_mb": 812.0},
+                        "memory_available_mb": 812.0,
+                        "throttling": {"under_voltage": False, "throttled": True, "under_voltage_occurred": True},
+                        "gpu": {"load_percent": 34.5, "freq_mhz": 306.0, "max_freq_mhz": None}},
           "resource_manager": {"level": "elevated"}, "mqtt": {"queue_depth": 4}}
 
 
@@ -74,8 +80,21 @@ def test_entity_list() -> None:
         ("sensor", "cpu_percent", "CPU"),
         ("sensor", "memory_available", "Memory available"),
         ("sensor", "mqtt_queue_depth", "MQTT queue depth"),
+        ("binary_sensor", "throttled", "Throttled"),
+        ("sensor", "gpu_load", "GPU load"),
     ]
-    assert len(entities(["front", "back"])) == 2 * 6 + 5
+    assert len(entities(["front", "back"])) == 2 * 6 + 7
+
+
+def test_a_sensor_entity_only_where_the_host_has_its_reading() -> None:
+    def device(readings: set[str]) -> set[str]:
+        return {e.object_id for e in entities([], [], readings)}
+
+    always = {"resource_level", "mqtt_queue_depth"}
+    assert device(set()) == always
+    for reading, object_id in SENSED.items():
+        assert device({reading}) == always | {object_id}
+    assert device({"gpu", "gpu.freq_mhz", "temperatures_c.cpu"}) == always  # a GPU clock, but no load
 
 
 def test_every_entity_has_identity_device_and_availability() -> None:
@@ -118,7 +137,7 @@ def test_count_templates_render() -> None:
 def test_health_sensors_read_the_health_topic() -> None:
     found = by_id(entities())
     for object_id in ("front_fps", "front_state", "temperature", "resource_level", "cpu_percent",
-                      "memory_available", "mqtt_queue_depth"):
+                      "memory_available", "mqtt_queue_depth", "throttled", "gpu_load"):
         assert found[object_id].config["state_topic"] == f"{P}/health"
         assert found[object_id].config["entity_category"] == "diagnostic"
     assert found["front_fps"].config["unit_of_measurement"] == "fps"
@@ -127,6 +146,8 @@ def test_health_sensors_read_the_health_topic() -> None:
     assert found["cpu_percent"].config["unit_of_measurement"] == "%"
     assert found["memory_available"].config["unit_of_measurement"] == "MB"
     assert found["mqtt_queue_depth"].config["unit_of_measurement"] == "messages"
+    assert found["throttled"].config["device_class"] == "problem"
+    assert found["gpu_load"].config["unit_of_measurement"] == "%"
 
 
 def test_health_templates_render() -> None:
@@ -134,14 +155,18 @@ def test_health_templates_render() -> None:
     found = by_id(entities())
     rendered = {object_id: render(found[object_id].config["value_template"], HEALTH)
                 for object_id in ("front_fps", "front_state", "temperature", "resource_level", "cpu_percent",
-                                  "memory_available", "mqtt_queue_depth")}
+                                  "memory_available", "mqtt_queue_depth", "throttled", "gpu_load")}
     assert rendered == {"front_fps": "9.5", "front_state": "up", "temperature": "63.5", "resource_level": "elevated",
-                        "cpu_percent": "37.2", "memory_available": "812.0", "mqtt_queue_depth": "4"}
-    # No temperature zones, the stream gone from health: None (Home Assistant: unknown).
-    bare = HEALTH | {"streams": {}, "resources": HEALTH["resources"] | {"temperatures_c": {}}}
-    assert render(found["temperature"].config["value_template"], bare) == "None"
-    assert render(found["front_fps"].config["value_template"], bare) == "None"
-    assert render(found["front_state"].config["value_template"], bare) == "None"
+                        "cpu_percent": "37.2", "memory_available": "812.0", "mqtt_queue_depth": "4",
+                        "throttled": "ON", "gpu_load": "34.5"}
+    calm = HEALTH | {"resources": HEALTH["resources"] | {"throttling": {"throttled": False,
+                                                                         "under_voltage_occurred": True}}}
+    assert render(found["throttled"].config["value_template"], calm) == "OFF"  # only what holds now counts
+    # No temperature zones, no throttling flags, no GPU, the stream gone from health: None (Home Assistant: unknown).
+    bare = HEALTH | {"streams": {}, "resources": HEALTH["resources"] | {"temperatures_c": {}, "throttling": None,
+                                                                         "gpu": None}}
+    for object_id in ("temperature", "front_fps", "front_state", "throttled", "gpu_load"):
+        assert render(found[object_id].config["value_template"], bare) == "None"
 
 
 def test_snapshot_camera_reads_the_image_topic() -> None:
@@ -203,6 +228,16 @@ def test_announce_removes_entities_gone_from_the_config() -> None:
                        if e.object_id.startswith("back_")}
     assert {topic for topic, payload, _ in calls if payload} == \
         {discovery_topic("homeassistant", e, DEVICE) for e in entities(["front"])}
+
+
+def test_announce_removes_the_entities_of_sensors_gone() -> None:
+    record = Recorder()
+    publisher = DiscoveryPublisher(record)
+    publisher.announce("homeassistant", entities(), DEVICE)
+    record.take()
+    publisher.announce("homeassistant", entities(readings=set()), DEVICE)  # e.g. resources.sysfs_root changed
+    assert {topic for topic, payload, _ in record.take() if payload == ""} == \
+        {discovery_topic("homeassistant", e, DEVICE) for e in entities() if e.object_id in SENSED.values()}
 
 
 def test_prefix_change_removes_everything_under_the_old_prefix() -> None:

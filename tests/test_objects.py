@@ -18,10 +18,14 @@ import pytest
 import yaml
 
 from edged.evaluation import mota
+from edged.home_assistant import discovery_entities
+from edged.resources.governor import THROTTLED_NOW
+from edged.resources.sensors import GET_THROTTLED, Sensors
 from edged.synthetic import write_clip
 from tests.broker import Broker, Subscriber
-from tests.conftest import run_edged
-from tests.daemon import P, SCHEMAS, Daemon, detections, events, write_config
+from tests.conftest import Clip, run_edged
+from tests.daemon import DEVICE, P, SCHEMAS, Daemon, detections, events, write_config
+from tests.test_sensors import write, write_zones
 
 pytestmark = pytest.mark.slow
 
@@ -92,14 +96,17 @@ def test_home_assistant_discovery_follows_the_config(tmp_path: Path, broker: Bro
             Subscriber(broker, f"{P}/#").start() as sub:
         daemon = Daemon(config)
         try:
-            every = 2 * (2 + 3 + 3) + 5  # per stream fps, state, a count and a snapshot per label; per device 5
+            host = Sensors()  # resources.sysfs_root "/": the per-device entities are those of this host's sensors
+            per_device = discovery_entities(DEVICE, "edged", [], [], "", host.present(host.sample()))
+            every = 2 * (2 + 3 + 3) + len(per_device)  # per stream fps, state, a count and a snapshot per label
             ha.wait_for(lambda: len({m.topic for m in ha.messages()}) == every, timeout=30,
                         what="the discovery configs")
             configs = {m.topic: m.json() for m in ha.messages()}
             for topic, entity in configs.items():
                 component = topic.split("/")[1]
                 # Home Assistant's required fields: a camera's topic, a sensor's state_topic; and what edged adds
-                assert {"camera": {"topic"}, "sensor": {"state_topic", "value_template"}}[component] <= set(entity)
+                assert {"camera": {"topic"}, "sensor": {"state_topic", "value_template"},
+                        "binary_sensor": {"state_topic", "value_template"}}[component] <= set(entity)
                 assert entity["unique_id"] == f"edged_test-dev_{topic.split('/')[3]}"
                 assert entity["device"]["identifiers"] == ["edged_test-dev"] and entity["device"]["sw_version"]
                 assert entity["availability"] == [{"topic": f"{P}/status", "payload_available": "online",
@@ -130,6 +137,60 @@ def test_home_assistant_discovery_follows_the_config(tmp_path: Path, broker: Bro
     assert retained == set(configs) - b_topics
 
 
+def test_home_assistant_announces_only_the_sensors_the_host_has(tmp_path: Path, broker: Broker,
+                                                                 short_clip: Clip) -> None:
+    """A host without sensors gets no entity for them; a config reload onto a board with them announces them (their
+    templates render its readings), and one back onto the bare host removes them."""
+    bare, board = tmp_path / "bare", tmp_path / "board"
+    bare.mkdir()
+    write_zones(board, {"thermal_zone0": ("cpu-thermal", "47500")})
+    write(board, "proc/stat", "cpu  100 0 100 800 0 0 0 0 0 0\n")
+    write(board, "proc/meminfo", "MemTotal: 8000000 kB\nMemAvailable: 4096000 kB\n")
+    write(board, GET_THROTTLED, "0x50000\n")  # throttled and under-voltage since boot, not now
+    write(board, "sys/devices/platform/gpu.0/load", "345\n")
+    sensed = {"temperature", "cpu_percent", "memory_available", "throttled", "gpu_load"}
+    streams = [{"name": "a", "source": str(short_clip.video)}]
+    config = write_config(tmp_path, broker, streams, home_assistant={"enabled": True},
+                          resources={"sysfs_root": str(bare)})
+
+    def per_device() -> dict[str, dict[str, Any]]:
+        """The newest config of every per-device entity announced (an empty payload: removed), by topic."""
+        newest = {m.topic: m for m in sub.messages() if m.topic.startswith("homeassistant/")}
+        return {t: m.json() if m.payload else {} for t, m in newest.items() if not t.split("/")[3].startswith("a_")}
+
+    def announced() -> set[str]:
+        return {t.split("/")[3] for t, entity in per_device().items() if entity}
+
+    def reload(root: Path) -> None:
+        data = yaml.safe_load(config.read_text())
+        data["resources"]["sysfs_root"] = str(root)
+        config.write_text(yaml.safe_dump(data))
+        applied = len(events(sub, "config_applied"))
+        daemon.send(signal.SIGHUP)
+        sub.wait_for(lambda: len(events(sub, "config_applied")) > applied, timeout=20, what="the reload applied")
+        healths = len(sub.messages(f"{P}/health"))  # the next one comes after the discovery configs
+        sub.wait_for(lambda: len(sub.messages(f"{P}/health")) > healths, timeout=5, what="health after the reload")
+
+    with Subscriber(broker, ["homeassistant/#", f"{P}/#"]).start() as sub:
+        daemon = Daemon(config)
+        try:
+            sub.wait_for(lambda: sub.messages(f"{P}/health"), timeout=30, what="health, after the discovery configs")
+            assert announced() == {"resource_level", "mqtt_queue_depth"}
+
+            reload(board)
+            assert announced() == {"resource_level", "mqtt_queue_depth"} | sensed
+            rendered = render_templates(per_device(), sub)
+            assert (rendered["temperature"], rendered["throttled"], rendered["gpu_load"]) == ("47.5", "OFF", "34.5")
+            assert rendered["memory_available"] == "4000.0"
+
+            reload(bare)
+            assert announced() == {"resource_level", "mqtt_queue_depth"}
+            assert {t.split("/")[3] for t, entity in per_device().items() if not entity} == sensed  # removed
+            assert daemon.stop() == 0
+        finally:
+            daemon.kill()
+
+
 def render_templates(configs: dict[str, dict[str, Any]], sub: Subscriber) -> dict[str, str]:
     """Every sensor's value_template rendered with Jinja2 (as Home Assistant does) against the newest payload on
     its state_topic, checked against the value read from that payload directly; by object id."""
@@ -147,12 +208,16 @@ def render_templates(configs: dict[str, dict[str, Any]], sub: Subscriber) -> dic
             stream, field = object_id.rsplit("_", 1)
             expected = payload["streams"][stream]["fps_out" if field == "fps" else "state"]
         else:
-            temperatures = payload["resources"]["temperatures_c"]
+            resources = payload["resources"]
+            temperatures, throttling = resources["temperatures_c"], resources["throttling"]
             expected = {"temperature": max(temperatures.values()) if temperatures else None,
                         "resource_level": payload["resource_manager"]["level"],
-                        "cpu_percent": payload["resources"]["cpu_percent"],
-                        "memory_available": payload["resources"]["memory_available_mb"],
-                        "mqtt_queue_depth": payload["mqtt"]["queue_depth"]}[object_id]
+                        "cpu_percent": resources["cpu_percent"],
+                        "memory_available": resources["memory_available_mb"],
+                        "mqtt_queue_depth": payload["mqtt"]["queue_depth"],
+                        "throttled": ("ON" if any(throttling[flag] for flag in THROTTLED_NOW) else "OFF")
+                        if throttling else None,
+                        "gpu_load": (resources["gpu"] or {}).get("load_percent")}[object_id]
         assert value == str(expected), (object_id, entity["value_template"], value, expected)
         rendered[object_id] = value
     return rendered

@@ -122,6 +122,8 @@ def test_older_jetson_gpu_load_and_a_busy_slow_cpu(tmp_path: Path) -> None:
     write(tmp_path, "proc/stat", "cpu  950 0 0 150 0 0 0 0 0 0\n")  # 95 % busy
     sample = sampler.sample()
     assert sample["gpu"] == {"load_percent": 99.9, "freq_mhz": 921.6, "max_freq_mhz": None}
+    assert {"gpu", "gpu.load_percent", "gpu.freq_mhz"} <= sampler.present(sample)
+    assert "gpu.max_freq_mhz" not in sampler.present(sample)
     assert sample["cpu_freq"]["capped"] is False
     assert sample["cpu_throttled"] is True
     write(tmp_path, "proc/stat", "cpu  960 0 0 1040 0 0 0 0 0 0\n")  # idle: a low clock is just the governor
@@ -173,6 +175,17 @@ def test_vcgencmd_on_the_real_root_when_the_firmware_node_is_missing(monkeypatch
     assert Sensors("/").sample()["throttling"] is None
 
 
+def test_present_names_what_the_host_has(sysfs: Path) -> None:
+    sampler = Sensors(sysfs)
+    sample = sampler.sample()
+    assert sample["cpu_percent"] is None  # too soon after the first read to give a share ...
+    assert sampler.present(sample) == {  # ... but /proc/stat is there: CPU % is present
+        "cpu_percent", "temperatures_c", "temperatures_c.cpu-thermal", "temperatures_c.gpu-thermal",
+        "temperatures_c.thermal_zone2", "temperatures_c.thermal_zone10", "memory_available_mb", "memory_counts",
+        "meminfo_available_mb", "memory_total_mb", "memory_pressure", "memory_pressure_full", "rss_mb",
+        "throttling", *(f"throttling.{flag}" for flag in PI_0x50005)}
+
+
 def test_cgroup_limited_container(sysfs: Path) -> None:
     write(sysfs, "proc/self/cgroup", "0::/system.slice/edged.service\n")
     write(sysfs, "sys/fs/cgroup/system.slice/edged.service/memory.max", "536870912\n")
@@ -203,6 +216,7 @@ def test_a_host_without_any_sensor(tmp_path: Path) -> None:
     sampler = Sensors(tmp_path)
     assert sampler.sample() == nothing
     assert sampler.describe() == []
+    assert sampler.present(nothing) == set()
     assert Sensors.readings(nothing) == Readings()
 
 

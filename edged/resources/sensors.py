@@ -82,6 +82,18 @@ class Sensors:
         host has, and where."""
         return self.read()[1]
 
+    def present(self, sample: dict[str, Any]) -> set[str]:
+        """The readings this host has, as paths into ``sample`` (one of this instance's): ``"temperatures_c"``,
+        ``"gpu.load_percent"``, every value neither None nor empty; and ``cpu_percent`` wherever /proc/stat can be
+        read, though a read too soon after the previous one (the first, say) has no share to give."""
+        found = {"cpu_percent"} if self._last is not None else set()
+        for key, value in sample.items():
+            if value is not None and value != {}:
+                found.add(key)
+                if isinstance(value, dict):
+                    found |= {f"{key}.{part}" for part, inner in value.items() if inner is not None}
+        return found
+
     @staticmethod
     def readings(sample: dict[str, Any]) -> Readings:
         """The governor's part of a ``sample()``: plain data, so that the governor stays a pure function."""
