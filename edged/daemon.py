@@ -18,7 +18,8 @@ from edged.dashboards import HomeAssistant, SnapshotEncoder, StreamObjects
 from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
 from edged.health import RollingWindow
-from edged.inference.detector import DetectionResult, Detector
+from edged.detections import DetectionResult
+from edged.inference.detector import Detector
 from edged.bench import Variant
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.errors import EdgedError

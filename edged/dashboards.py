@@ -26,10 +26,11 @@ import numpy as np
 from edged import __version__
 from edged.config import Config, SnapshotSettings, TrackingSettings
 from edged.home_assistant import DiscoveryPublisher, discovery_entities
-from edged.inference.detector import DetectionResult
+from edged.detections import DetectionResult
 from edged.mqtt import MqttClient
 from edged.sources import Frame
-from edged.tracking import Tracker, TrackInfo
+from edged.detections import TrackInfo
+from edged.tracking import Tracker
 
 log = logging.getLogger("edged.dashboards")
 

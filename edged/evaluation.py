@@ -1,9 +1,11 @@
-"""mAP@0.5 of detections against ground truth (per-class AP, all-point interpolation), and MOTA of tracks."""
+"""mAP@0.5 of detections against ground truth (per-class AP, all-point interpolation), and tracking metrics
+(CLEAR MOT and IDF1, with py-motmetrics)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,44 +108,71 @@ def evaluate_messages(messages: Iterable[dict], labels: list[str], truths: dict[
     return mean_average_precision(predictions, frame_truths, num_classes=len(labels))
 
 
-def mota(predicted: Mapping[int, Sequence[TrackBox]], truth: Mapping[int, Sequence[TrackBox]],
-         iou: float = 0.5) -> dict[str, Any]:
-    """CLEAR-MOT accuracy (Bernardin and Stiefelhagen, 2008): MOTA = 1 - (FN + FP + IDSW) / GT.
+# An object that less than this share of shows (the rest hidden behind others) is left out of tracking metrics:
+# neither a miss when no track covers it, nor a false positive for the track that does (MOTChallenge's rule for
+# objects that are not to be counted).
+MIN_VISIBILITY = 0.5
 
-    ``predicted`` and ``truth`` map frame ids to (id, box) pairs. Frame by frame, the pairs matched
-    in the previous frame are kept while their IoU is still >= ``iou``; the rest are matched by the
-    Hungarian method on IoU (>= ``iou``). An identity switch is a ground-truth object matched to
-    another track than the one it was last matched to. MOTA is nan when there is no ground truth.
+
+@dataclass(frozen=True)
+class TrackTruth:
+    """A clip's ground truth for tracking, by frame id: the objects to find, as (id, box), and the boxes of those
+    too hidden to count."""
+
+    objects: dict[int, list[TrackBox]]
+    hidden: dict[int, list[Sequence[float]]]
+
+
+def load_track_truth(path: str | Path, min_visibility: float = MIN_VISIBILITY) -> TrackTruth:
+    """The ground truth that ``edged.synthetic`` writes beside a clip, for tracking: objects shown less than
+    ``min_visibility`` (``visibility``, where the clip has it) are hidden."""
+    objects: dict[int, list[TrackBox]] = {}
+    hidden: dict[int, list[Sequence[float]]] = {}
+    for frame in json.loads(Path(path).read_text())["frames"]:
+        shown = frame.get("visibility") or [1.0] * len(frame["ids"])
+        objects[frame["frame_id"]] = [(i, box) for i, box, v in zip(frame["ids"], frame["boxes"], shown)
+                                      if v >= min_visibility]
+        hidden[frame["frame_id"]] = [box for box, v in zip(frame["boxes"], shown) if v < min_visibility]
+    return TrackTruth(objects, hidden)
+
+
+def _boxes(boxes: Iterable[Sequence[float]]) -> np.ndarray:
+    return np.array(list(boxes), dtype=np.float64).reshape(-1, 4)
+
+
+def _not_on(tracks: Sequence[TrackBox], hidden: Sequence[Sequence[float]], iou: float) -> list[TrackBox]:
+    """``tracks`` less those that cover a hidden object: each hidden object excuses at most one track, paired by
+    the Hungarian method on IoU (>= ``iou``)."""
+    if not hidden or not tracks:
+        return list(tracks)
+    overlap = iou_matrix(_boxes(hidden), _boxes(b for _, b in tracks))
+    rows, cols = linear_sum_assignment(-overlap)
+    excused = {j for i, j in zip(rows.tolist(), cols.tolist()) if overlap[i, j] >= iou}
+    return [t for j, t in enumerate(tracks) if j not in excused]
+
+
+def clear_mot(predicted: Mapping[int, Sequence[TrackBox]], truth: Mapping[int, Sequence[TrackBox]],
+              hidden: Mapping[int, Sequence[Sequence[float]]] | None = None, iou: float = 0.5) -> dict[str, Any]:
+    """CLEAR MOT (MOTA, identity switches; Bernardin and Stiefelhagen, 2008) and IDF1 (Ristani et al., 2016), as
+    py-motmetrics computes them: boxes match at IoU >= ``iou``, and a match kept from the previous frame stays
+    while it is valid.
+
+    ``predicted`` and ``truth`` map frame ids to (id, box) pairs; ``hidden``, frame ids to the boxes of objects
+    that are not to be counted: a track on one is left out of that frame (``_not_on``). MOTA is -inf (motmetrics')
+    when there is no ground truth but a track. The IoU is this module's; motmetrics' own ``iou_matrix`` needs numpy < 2 in its 1.4.0.
     """
-    fn = fp = switches = matches = gt = 0
-    last_match: dict[int, int] = {}  # ground-truth id -> the track it was last matched to
-    previous: dict[int, int] = {}  # the previous frame's matches
-    gt_ids: set[int] = set()
+    import motmetrics  # a test and benchmark dependency (the ``eval`` extra): the daemon never needs it
+
+    accumulator = motmetrics.MOTAccumulator()
     for frame_id in sorted(set(predicted) | set(truth)):
-        objects, tracks = list(truth.get(frame_id, [])), list(predicted.get(frame_id, []))
-        gt += len(objects)
-        gt_ids.update(o for o, _ in objects)
-        overlap = iou_matrix(np.array([b for _, b in objects], dtype=np.float64).reshape(-1, 4),
-                             np.array([b for _, b in tracks], dtype=np.float64).reshape(-1, 4))
-        valid = overlap >= iou
-        track_index = {h: j for j, (h, _) in enumerate(tracks)}
-        pairs = []
-        for i, (o, _) in enumerate(objects):
-            j = track_index.get(previous.get(o))
-            if j is not None and valid[i, j]:
-                pairs.append((i, j))
-                valid[i, :] = False
-                valid[:, j] = False
-        if valid.any():
-            rows, cols = linear_sum_assignment(np.where(valid, 1.0 - overlap, 1e6))
-            pairs += [(i, j) for i, j in zip(rows.tolist(), cols.tolist()) if valid[i, j]]
-        previous = {}
-        for i, j in pairs:
-            o, h = objects[i][0], tracks[j][0]
-            switches += o in last_match and last_match[o] != h
-            last_match[o] = previous[o] = h
-        matches += len(pairs)
-        fn += len(objects) - len(pairs)
-        fp += len(tracks) - len(pairs)
-    return {"mota": 1.0 - (fn + fp + switches) / gt if gt else float("nan"), "fn": fn, "fp": fp,
-            "id_switches": switches, "gt": gt, "gt_tracks": len(gt_ids), "matches": matches}
+        objects = list(truth.get(frame_id, []))
+        tracks = _not_on(predicted.get(frame_id, []), (hidden or {}).get(frame_id, []), iou)
+        overlap = iou_matrix(_boxes(b for _, b in objects), _boxes(b for _, b in tracks))
+        accumulator.update([o for o, _ in objects], [t for t, _ in tracks],
+                           np.where(overlap >= iou, 1.0 - overlap, np.nan), frameid=frame_id)
+    names = {"mota": "mota", "idf1": "idf1", "id_switches": "num_switches", "fn": "num_misses",
+             "fp": "num_false_positives", "gt": "num_objects", "gt_tracks": "num_unique_objects",
+             "matches": "num_matches", "idtp": "idtp"}
+    summary = motmetrics.metrics.create().compute(accumulator, metrics=list(names.values()))
+    row = summary.iloc[0]
+    return {key: float(row[name]) if key in ("mota", "idf1") else int(round(row[name])) for key, name in names.items()}

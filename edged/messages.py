@@ -8,7 +8,8 @@ import socket
 import time
 from typing import Any
 
-from edged.inference.detector import DetectionResult, Detector
+from edged.detections import DetectionResult
+from edged.inference.detector import Detector
 from edged.sources import Frame
 
 DETECTIONS_SCHEMA = "edged.detections/1"

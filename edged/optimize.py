@@ -43,7 +43,8 @@ from tqdm import tqdm
 
 from edged.errors import EdgedError, ModelError, SourceError
 from edged.evaluation import Truth, evaluate_messages, iou_matrix, load_ground_truth
-from edged.inference.detector import Detection, Detector, read_model_info, variant_path
+from edged.detections import Detection
+from edged.inference.detector import Detector, read_model_info, variant_path
 from edged.inference.session import SessionConfig
 from edged.sources import FILE_KINDS, Frame, open_source, source_kind
 

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from edged.handoff import Handoff
-from edged.inference.detector import DetectionResult, Detector
+from edged.detections import DetectionResult
+from edged.inference.detector import Detector
 from edged.inference.preprocess import Letterbox
 from edged.messages import detections_message, model_descriptor
 from edged.sinks import Sink

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from edged.errors import SourceError
-from edged.inference.detector import DetectionResult
+from edged.detections import DetectionResult
 from edged.sources import Frame
 
 # One colour per class id (BGR), cycling.

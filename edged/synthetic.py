@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -57,6 +57,13 @@ class Shape:
         x2, y2 = pts.max(axis=0)
         return [float(np.clip(x1, 0, width)), float(np.clip(y1, 0, height)),
                 float(np.clip(x2, 0, width)), float(np.clip(y2, 0, height))]
+
+    @property
+    def area(self) -> float:
+        """Area in px² (of the whole shape, hidden parts included)."""
+        if self.class_id == 0:
+            return math.pi * self.size * self.size / 4
+        return self.size * self.size * (1.0 if self.class_id == 1 else math.sqrt(3.0) / 4)
 
     @property
     def radius(self) -> float:
@@ -202,29 +209,164 @@ def write_clip(path: str | Path, seed: int, frames: int = 600, fps: float = 30.0
     class ids and the shapes' ids (each shape's index in the scene, the same for the
     whole clip, for tracking):
     ``{"labels": [...], "frames": [{"frame_id", "boxes", "class_ids", "ids"}]}``.
+    The shapes never overlap: they bounce off the frame's edges and off each other.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     background = render_background(rng, width, height)
     scene = place_shapes(rng, shapes, width, height, whole=True)
     color_shapes(rng, scene, background)
     speed = [(rng.uniform(-3, 3), rng.uniform(-3, 3), rng.uniform(-0.05, 0.05)) for _ in scene]
+
+    def render(frame_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+        if frame_id:
+            _move(scene, speed, width, height)
+        image = background.copy()
+        for shape in scene:
+            draw_shape(image, shape)
+        return add_noise(rng, image, 3.0), {"boxes": [[round(v, 2) for v in s.box(width, height)] for s in scene],
+                                            "class_ids": [s.class_id for s in scene], "ids": list(range(len(scene)))}
+
+    return _write_video(path, seed, frames, fps, width, height, render, progress)
+
+
+# Crowd clips: what trips a tracker up. Smaller shapes than the training scenes' (so that 30 to 50 fit), which
+# pass in front of each other, and leave and enter the view.
+CROWD_SIZES = (16.0, 96.0)
+CROWD_SHAPES = (30, 50)
+CROWD_MAX_SPEED = 4.0  # px a frame (120 px/s at 30 fps)
+CROWD_MAX_GROWTH = 0.008  # relative size change a frame
+CROWD_TURN_EVERY = 90  # frames, on average, between a shape's changes of speed and direction
+CROWD_STOP_CHANCE = 0.15  # of such a change, the share that stops the shape (it starts again at the next)
+CROWD_LEAVE_CHANCE = 0.1  # of such a change, the share after which the shape leaves at the next edge it meets
+
+
+@dataclass
+class _Mover:
+    object_id: int
+    shape: Shape
+    velocity: tuple[float, float]  # px a frame
+    spin: float  # radians a frame
+    growth: float  # log of the size's change a frame
+    leaving: bool = False
+
+
+def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float = 30.0,
+                     width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, shapes: int | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> Path:
+    """Render a crowded clip for tracking and its ground truth (``<path>.json``, as ``write_clip``'s).
+
+    ``shapes`` (default: 30 to 50, drawn from the seed) of 16 to 96 px, of the three classes, at
+    depths of their own, so that they pass in front of each other (same-class crossings and partial
+    occlusion); each changes speed and direction now and then (stopping too), grows and shrinks,
+    and bounces off the frame's edges, or now and then leaves through one, when a new shape (a new
+    id) enters from an edge in its place. Boxes are whole (amodal) but clipped to the frame, and each
+    frame's ``visibility`` gives the share of each shape that shows (0 to 1: the rest is behind
+    others or outside the frame), so that an evaluation can leave out objects too hidden to be seen."""
+    rng = np.random.default_rng(seed)
+    background = render_background(rng, width, height)
+    count = int(rng.integers(CROWD_SHAPES[0], CROWD_SHAPES[1] + 1)) if shapes is None else shapes
+    # Index order is depth order: a later shape passes in front of an earlier one; a new shape takes the place
+    # (and depth) of the one it replaces.
+    movers = [_crowd_mover(rng, object_id, width, height, background) for object_id in range(count)]
+    next_id = count
+    ids = np.zeros((height, width), np.uint8)  # which shape each pixel shows (0: background)
+
+    def render(frame_id: int) -> tuple[np.ndarray, dict[str, Any]]:
+        nonlocal next_id
+        for i, mover in enumerate(movers):
+            if frame_id:
+                _crowd_step(rng, mover, width, height)
+            if _outside(mover.shape, width, height):
+                movers[i] = _crowd_mover(rng, next_id, width, height, background, entering=True)
+                next_id += 1
+        image = background.copy()
+        ids[:] = 0
+        for number, mover in enumerate(movers, 1):
+            shape = mover.shape
+            draw_shape(image, shape)
+            draw_shape(ids, Shape(shape.class_id, shape.cx, shape.cy, shape.size, shape.angle, (number,) * 3))
+        shown = np.bincount(ids.ravel(), minlength=len(movers) + 1)[1:]
+        return add_noise(rng, image, 3.0), {
+            "boxes": [[round(v, 2) for v in m.shape.box(width, height)] for m in movers],
+            "class_ids": [m.shape.class_id for m in movers], "ids": [m.object_id for m in movers],
+            "visibility": [round(min(1.0, float(n) / m.shape.area), 3) for n, m in zip(shown, movers)]}
+
+    return _write_video(path, seed, frames, fps, width, height, render, progress)
+
+
+def _crowd_mover(rng: np.random.Generator, object_id: int, width: int, height: int, background: np.ndarray,
+                 entering: bool = False) -> _Mover:
+    """A crowd shape anywhere in the frame, or (``entering``) just outside an edge, moving in."""
+    size = float(np.exp(rng.uniform(*np.log(CROWD_SIZES))))
+    shape = Shape(int(rng.integers(len(LABELS))), 0.0, 0.0, size, float(rng.uniform(0, 2 * np.pi)), (0, 0, 0))
+    r = shape.radius
+    shape.cx, shape.cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
+    vx, vy = _random_velocity(rng)
+    if entering:
+        edge = int(rng.integers(4))  # left, right, top, bottom
+        if edge < 2:
+            shape.cx, vx = (-r, abs(vx)) if edge == 0 else (width + r, -abs(vx))
+        else:
+            shape.cy, vy = (-r, abs(vy)) if edge == 2 else (height + r, -abs(vy))
+    color_shapes(rng, [shape], background)
+    return _Mover(object_id, shape, (vx, vy), float(rng.uniform(-0.05, 0.05)),
+                  float(rng.uniform(-CROWD_MAX_GROWTH, CROWD_MAX_GROWTH)))
+
+
+def _outside(shape: Shape, width: int, height: int) -> bool:
+    r = shape.radius
+    return shape.cx < -r - 1 or shape.cx > width + r + 1 or shape.cy < -r - 1 or shape.cy > height + r + 1
+
+
+def _random_velocity(rng: np.random.Generator) -> tuple[float, float]:
+    speed, direction = rng.uniform(0.3, CROWD_MAX_SPEED), rng.uniform(0, 2 * np.pi)
+    return speed * math.cos(direction), speed * math.sin(direction)
+
+
+def _crowd_step(rng: np.random.Generator, mover: _Mover, width: int, height: int) -> None:
+    """One frame of a crowd shape's motion: now and then a new velocity (or a stop, or the decision to leave)
+    and a new growth rate; the size stays within CROWD_SIZES; a shape that is not leaving bounces off the edges
+    it moves out through (one entering moves in)."""
+    shape = mover.shape
+    if rng.random() < 1 / CROWD_TURN_EVERY:
+        stopped = mover.velocity == (0.0, 0.0)
+        mover.velocity = (0.0, 0.0) if not stopped and rng.random() < CROWD_STOP_CHANCE else _random_velocity(rng)
+        mover.leaving = mover.leaving or rng.random() < CROWD_LEAVE_CHANCE
+    if rng.random() < 1 / CROWD_TURN_EVERY:
+        mover.growth = float(rng.uniform(-CROWD_MAX_GROWTH, CROWD_MAX_GROWTH))
+    size = shape.size * math.exp(mover.growth)
+    if not CROWD_SIZES[0] <= size <= CROWD_SIZES[1]:
+        mover.growth = -mover.growth
+    shape.size = float(np.clip(size, *CROWD_SIZES))
+    shape.angle += mover.spin
+    vx, vy = mover.velocity
+    r = shape.radius
+    if not mover.leaving:
+        if (shape.cx + vx < r and vx < 0) or (shape.cx + vx > width - r and vx > 0):
+            vx = -vx
+        if (shape.cy + vy < r and vy < 0) or (shape.cy + vy > height - r and vy > 0):
+            vy = -vy
+    mover.velocity = (vx, vy)
+    shape.cx += vx
+    shape.cy += vy
+
+
+def _write_video(path: str | Path, seed: int, frames: int, fps: float, width: int, height: int,
+                 render: Callable[[int], tuple[np.ndarray, dict[str, Any]]],
+                 progress: Callable[[int, int], None] | None) -> Path:
+    """Write ``frames`` frames of ``render(frame_id) -> (BGR image, that frame's ground truth)`` as an mp4v video
+    at ``path``, and the ground truth beside it (``<path>.json``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f"{path}: OpenCV cannot write an mp4v video here")
     truth = []
     try:
         for frame_id in range(frames):
-            image = background.copy()
-            for shape in scene:
-                draw_shape(image, shape)
-            writer.write(add_noise(rng, image, 3.0))  # the video codec adds the compression artefacts
-            truth.append({"frame_id": frame_id,
-                          "boxes": [[round(v, 2) for v in s.box(width, height)] for s in scene],
-                          "class_ids": [s.class_id for s in scene],
-                          "ids": list(range(len(scene)))})
-            _move(scene, speed, width, height)
+            image, frame_truth = render(frame_id)
+            writer.write(image)  # the video codec adds the compression artefacts
+            truth.append({"frame_id": frame_id, **frame_truth})
             if progress:
                 progress(frame_id + 1, frames)
     finally:

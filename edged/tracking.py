@@ -46,15 +46,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from edged.config import Config
 from edged.evaluation import iou_matrix
-from edged.inference.detector import Detection, DetectionResult
+from edged.detections import Detection, DetectionResult, TrackedDetection, TrackInfo, TrackUpdate
 
 # Kalman filter noise as fractions of the box's size (width for x and w, height for y and h).
 # ByteTrack's per-frame standard deviations are 1/20 of the size for positions and 1/160 of the
@@ -67,44 +65,13 @@ VELOCITY_NOISE = REFERENCE_FPS / 160 * math.sqrt(REFERENCE_FPS)  # (size/s) afte
 INITIAL_POSITION_STD = 2 * MEASUREMENT_STD
 INITIAL_VELOCITY_STD = 10 * REFERENCE_FPS / 160  # size per second: a new track's speed is unknown
 MIN_DT = 1e-3  # seconds: the step for a first frame or a timestamp that did not increase
+RECOVERY_GATE = 13.28  # chi-square, 4 degrees of freedom, 0.99: a lost track's gate on (cx, cy, w, h) (_recover)
 NO_MATCH = 1e6  # cost of a pair ruled out (gate, class): the assignment makes as many allowed pairs as it can
 # The filter of every track in one array, (5, tracks, 2, 2): the 5 quantities below, each for
 # ((cx, cy), (w, h)); the noise of x and w scales with the width, that of y and h with the height,
 # so a track's (w, h) row scales both rows. Quantity first: each is one contiguous block, which numpy
 # updates in place several times faster than a strided one.
 STATE, VELOCITY, VAR_P, COV_PV, VAR_V = range(5)
-
-
-class TrackedDetection(NamedTuple):  # a NamedTuple, not a dataclass: one is made per detection per frame
-    detection_index: int  # index into the detections given to update()
-    track_id: int
-    velocity: tuple[float, float]  # vx, vy of the box centre in pixels per second, from the filter
-    age_s: float  # ts - first_seen
-
-
-@dataclass(frozen=True)
-class TrackInfo:
-    """A track's summary, for object events."""
-
-    track_id: int
-    label: str
-    class_id: int
-    best_score: float
-    best_box: tuple[float, ...]  # x1, y1, x2, y2
-    first_seen: float  # capture ts of the first detection
-    last_seen: float  # capture ts of the last matched detection
-
-    @property
-    def duration_s(self) -> float:
-        return self.last_seen - self.first_seen
-
-
-@dataclass(frozen=True)
-class TrackUpdate:
-    tracked: list[TrackedDetection]  # detections of confirmed tracks matched this frame, in detection order
-    entered: list[TrackInfo]  # tracks confirmed this frame
-    left: list[TrackInfo]  # confirmed tracks that died this frame
-    in_view: dict[str, int]  # label -> confirmed tracks missed fewer than IN_VIEW_MISSES frames in a row
 
 
 class _Track:
@@ -259,7 +226,31 @@ class Tracker:
         pairs = self._associate(iou, cost, self.match_iou, None, high)
         first = {row for row, _ in pairs}
         left_over = [row for row, t in enumerate(tracks) if t.confirmed and row not in first]
-        return pairs + self._associate(iou, cost, self.second_match_iou, left_over, low)
+        pairs += self._associate(iou, cost, self.second_match_iou, left_over, low)
+        matched = {row for row, _ in pairs}
+        lost = [row for row in left_over if tracks[row].misses and row not in matched]
+        free = _not_in(high, pairs)
+        if lost and free:
+            pairs += self._recover(boxes, class_ids, lost, free)
+        return pairs
+
+    def _recover(self, boxes: np.ndarray, class_ids: np.ndarray, rows: list[int],
+                 dets: list[int]) -> list[tuple[int, int]]:
+        """Lost tracks (``rows``) that no box overlaps any more, taken up again by high-score detections (``dets``)
+        that nothing else took: those of the track's class within the filter's gate (the normalised distance of
+        centre and size, chi-square with 4 degrees of freedom), nearest first. The filter's uncertainty grows while
+        a track is lost, and so does the gate: an object that comes out from behind another where it was heading,
+        or stopped while hidden, gets its id back instead of a new one."""
+        f = self._filter[:, rows]
+        expected_var = f[VAR_P] + MEASUREMENT_STD ** 2 * _size_squared(f[STATE])  # (rows, 2, 2)
+        offset = _centre_size(boxes[dets])[None] - f[STATE][:, None]  # (rows, dets, 2, 2)
+        distance = (offset * offset / expected_var[:, None]).sum(axis=(2, 3))
+        classes = np.array([self._tracks[row].class_id for row in rows])
+        allowed = (distance <= RECOVERY_GATE) & (classes[:, None] == class_ids[dets])
+        if not allowed.any():
+            return []
+        r, c = linear_sum_assignment(np.where(allowed, distance, NO_MATCH))
+        return [(rows[i], dets[j]) for i, j in zip(r.tolist(), c.tolist()) if allowed[i, j]]
 
     def _count_misses(self, matched: set[int]) -> list[TrackInfo]:
         """After matching: a miss more for each track not ``matched``; a confirmed track dies after max_age frames
@@ -353,6 +344,12 @@ class Tracker:
                          for i, (c, score, box) in enumerate(zip(class_ids, scores, map(tuple, boxes.tolist())))]
         self._filter = np.concatenate([self._filter, kf], axis=1)
         self._next_id += n
+
+
+def _not_in(dets: list[int], pairs: list[tuple[int, int]]) -> list[int]:
+    """``dets`` less the detections of ``pairs``."""
+    taken = {d for _, d in pairs}
+    return [d for d in dets if d not in taken]
 
 
 def _not_other_classes_view(candidates: list[int], matched: list[int], boxes: np.ndarray, scores: list[float],

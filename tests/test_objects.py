@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edged.evaluation import mota
+from edged.evaluation import clear_mot
 from edged.home_assistant import discovery_entities
 from edged.resources.governor import THROTTLED_NOW
 from edged.resources.sensors import GET_THROTTLED, Sensors
@@ -235,8 +235,9 @@ def test_detect_track_keeps_identities_on_a_clip_with_ground_truth(tmp_path: Pat
     for line in out.read_text().splitlines():
         message = json.loads(line)
         predicted[message["frame_id"]] = [(d["track_id"], d["box"]) for d in message["detections"]]
-    result = mota(predicted, truth)
-    print(f"\nMOTA {result['mota']:.4f} over {result['gt_tracks']} ground-truth tracks, {result['gt']} boxes: "
+    result = clear_mot(predicted, truth)
+    print(f"\nMOTA {result['mota']:.4f}, IDF1 {result['idf1']:.4f} over {result['gt_tracks']} ground-truth tracks, "
+          f"{result['gt']} boxes: "
           f"{result['id_switches']} id switches, {result['fn']} misses, {result['fp']} false positives")
     assert result["id_switches"] * 20 <= result["gt_tracks"]
     assert result["mota"] > 0.95

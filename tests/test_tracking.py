@@ -1,4 +1,5 @@
-"""The ByteTrack-style tracker on scripted motions, and MOTA, on hand-made cases and a rendered clip."""
+"""The ByteTrack-style tracker on scripted motions, and CLEAR MOT and IDF1 (py-motmetrics), on hand-made cases and a
+rendered clip."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from edged.evaluation import mota
+from edged.evaluation import clear_mot
 from edged.synthetic import write_clip
-from edged.tracking import IN_VIEW_MISSES, Tracker, TrackUpdate
+from edged.detections import TrackUpdate
+from edged.tracking import IN_VIEW_MISSES, Tracker
 
 LABELS = ["circle", "square", "triangle"]
 FPS = 30.0
@@ -232,7 +234,7 @@ def test_mota_on_a_rendered_clip_with_noisy_ground_truth_detections(tmp_path):
                                 frame["frame_id"] / data["fps"])
         predicted[frame["frame_id"]] = [(t.track_id, boxes[t.detection_index]) for t in update.tracked]
         truth[frame["frame_id"]] = list(zip(frame["ids"], frame["boxes"]))
-    result = mota(predicted, truth)
+    result = clear_mot(predicted, truth)
     assert result["gt_tracks"] == len(data["frames"][0]["ids"]) >= 6
     assert result["id_switches"] == 0
     assert result["mota"] > 0.95, result
@@ -243,23 +245,32 @@ BOX_B = [100.0, 100.0, 140.0, 160.0]
 FAR = [300.0, 300.0, 320.0, 320.0]
 
 
-def test_mota_counts_an_id_switch_a_miss_and_a_false_positive():
+def test_clear_mot_counts_an_id_switch_a_miss_and_a_false_positive():
     truth = {0: [(1, BOX_A), (2, BOX_B)], 1: [(1, BOX_A), (2, BOX_B)], 2: [(1, BOX_A), (2, BOX_B)], 3: [(1, BOX_A)]}
     predicted = {0: [(10, BOX_A), (20, BOX_B)],
                  1: [(30, BOX_A), (20, BOX_B)],  # object 1 switches from track 10 to 30
                  2: [(30, BOX_A), (20, FAR)],  # object 2 missed, a false positive far away
                  3: [(30, BOX_A)]}
-    result = mota(predicted, truth)
-    assert result == {"mota": pytest.approx(1 - 3 / 7), "fn": 1, "fp": 1, "id_switches": 1, "gt": 7,
-                      "gt_tracks": 2, "matches": 6}
+    result = clear_mot(predicted, truth)
+    # IDF1: object 1 is track 30's (3 of its 4 boxes), object 2 track 20's (2 of 3): 2 * 5 / (7 + 7)
+    assert result == {"mota": pytest.approx(1 - 3 / 7), "idf1": pytest.approx(5 / 7), "fn": 1, "fp": 1,
+                      "id_switches": 1, "gt": 7, "gt_tracks": 2, "matches": 5, "idtp": 5}  # matches: not switches
 
 
-def test_mota_keeps_the_previous_frames_match_while_it_is_valid():
+def test_clear_mot_keeps_the_previous_frames_match_while_it_is_valid():
     shifted = [14.0, 10.0, 54.0, 50.0]  # IoU 0.82 with BOX_A
     truth = {0: [(1, BOX_A)], 1: [(1, BOX_A)], 2: [(1, BOX_A)]}
     predicted = {0: [(10, shifted)], 1: [(10, shifted), (11, BOX_A)], 2: [(11, BOX_A)]}
     # Frame 1: track 10 still overlaps enough, so it keeps object 1 although 11 fits better (11: a false
     # positive); frame 2: only 11 is left, a switch.
-    assert mota(predicted, truth) == {"mota": pytest.approx(1 - 2 / 3), "fn": 0, "fp": 1, "id_switches": 1,
-                                      "gt": 3, "gt_tracks": 1, "matches": 3}
-    assert np.isnan(mota({0: [(1, BOX_A)]}, {})["mota"])
+    assert clear_mot(predicted, truth) == {"mota": pytest.approx(1 - 2 / 3), "idf1": pytest.approx(4 / 7), "fn": 0,
+                                           "fp": 1, "id_switches": 1, "gt": 3, "gt_tracks": 1, "matches": 2,
+                                           "idtp": 2}
+
+
+def test_a_track_on_an_object_too_hidden_to_count_is_no_false_positive():
+    truth = {0: [(1, BOX_A)], 1: [(1, BOX_A)]}
+    hidden = {0: [BOX_B], 1: [BOX_B]}  # object 2, hidden: no miss when no track covers it
+    predicted = {0: [(10, BOX_A), (20, BOX_B)], 1: [(10, BOX_A), (20, FAR)]}  # 20: on object 2, then astray
+    result = clear_mot(predicted, truth, hidden)
+    assert (result["fp"], result["fn"], result["matches"], result["gt"]) == (1, 0, 2, 2)

@@ -5,22 +5,20 @@ from __future__ import annotations
 import ast
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import onnx
 import yaml
 
+from edged.detections import Detection, DetectionResult
 from edged.errors import ModelError
 from edged.inference.families import Family, detect_family, get_family, FAMILIES
 from edged.inference.nms import nms
 from edged.inference.preprocess import Letterbox
 from edged.inference.session import SessionConfig, create_session, short_name
-
-if TYPE_CHECKING:
-    from edged.tracking import TrackUpdate
 
 log = logging.getLogger("edged.inference")
 
@@ -29,36 +27,6 @@ _QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
                   "MatMulNBits"}
 _INTEGER_WEIGHTS = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
 _INPUT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-@dataclass(frozen=True)
-class Detection:
-    label: str
-    class_id: int
-    score: float
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in source-image pixels
-    # With tracking (edged.tracking): the track's id, its velocity (px/s) and age (s).
-    track_id: int | None = None
-    velocity: tuple[float, float] | None = None
-    age_s: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"label": self.label, "class_id": self.class_id, "score": round(self.score, 4),
-                                "box": [round(v, 1) for v in self.box]}
-        if self.track_id is not None:
-            assert self.velocity is not None and self.age_s is not None
-            data.update(track_id=self.track_id, velocity=[round(v, 1) for v in self.velocity],
-                        age_s=round(self.age_s, 3))
-        return data
-
-
-@dataclass
-class DetectionResult:
-    detections: list[Detection]
-    width: int
-    height: int
-    timings_ms: dict[str, float] = field(default_factory=dict)  # preprocess, inference, postprocess
-    tracks: TrackUpdate | None = None  # with tracking: what the stream's tracker made of this frame
 
 
 @dataclass(frozen=True)
