@@ -26,7 +26,7 @@ import numpy as np
 from rounds import LoadMeter  # this folder is on sys.path when run as a script
 from tqdm import tqdm
 
-from edged.inference.detector import Detection, DetectionResult
+from edged.detections import Detection, DetectionResult
 from edged.tracking import Tracker
 
 WIDTH, HEIGHT, FPS = 1280, 720, 30.0

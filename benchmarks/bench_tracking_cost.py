@@ -51,7 +51,8 @@ from tqdm import tqdm
 from edged.config import Config, MqttSettings, validate
 from edged.dashboards import SnapshotEncoder, StreamObjects
 from edged.demo import demo_model_path
-from edged.inference.detector import DetectionResult, Detector
+from edged.detections import DetectionResult
+from edged.inference.detector import Detector
 from edged.inference.session import SessionConfig
 from edged.messages import detections_message, model_descriptor
 from edged.mqtt import MqttClient
