@@ -186,10 +186,19 @@ def degrade(rng: np.random.Generator, image: np.ndarray, jpeg: bool = True) -> n
 
 
 def render_scene(rng: np.random.Generator, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
-                 max_shapes: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One training image: (BGR uint8 image, boxes Nx4 float32 xyxy, class ids N int64)."""
+                 max_shapes: int = 12, crowded: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One training image: (BGR uint8 image, boxes Nx4 float32 xyxy, class ids N int64).
+
+    With probability ``crowded``, a crowded scene instead: ``max_shapes`` to twice as many shapes that
+    may touch and hide each other, larger behind smaller (as in ``write_crowd_clip``), with whole
+    (amodal) boxes; shapes less than MIN_TRAIN_VISIBILITY visible are left out of the scene."""
     image = render_background(rng, width, height)
-    shapes = place_shapes(rng, int(rng.integers(0, max_shapes + 1)), width, height)
+    if crowded and rng.random() < crowded:
+        shapes = sorted((random_shape(rng, width, height) for _ in range(int(rng.integers(max_shapes, 2 * max_shapes + 1)))),
+                        key=lambda shape: -shape.size)
+        shapes = [s for s, v in zip(shapes, visibility(shapes, width, height)) if v >= MIN_TRAIN_VISIBILITY]
+    else:
+        shapes = place_shapes(rng, int(rng.integers(0, max_shapes + 1)), width, height)
     color_shapes(rng, shapes, image)
     for shape in shapes:
         draw_shape(image, shape)
@@ -198,6 +207,19 @@ def render_scene(rng: np.random.Generator, width: int = FRAME_WIDTH, height: int
     classes = np.array([s.class_id for s in shapes], dtype=np.int64)
     keep = (boxes[:, 2] - boxes[:, 0] >= 4) & (boxes[:, 3] - boxes[:, 1] >= 4)  # mostly off-frame: not a target
     return image, boxes[keep], classes[keep]
+
+
+MIN_TRAIN_VISIBILITY = 0.3  # a crowded training scene leaves out the shapes hidden more than this (no target)
+
+
+def visibility(shapes: list[Shape], width: int, height: int) -> list[float]:
+    """The share of each shape (drawn in this order, so each over the earlier ones) that shows in the frame:
+    not hidden behind later shapes, nor outside."""
+    ids = np.zeros((height, width), np.uint8)  # which shape each pixel shows (0: background)
+    for number, shape in enumerate(shapes, 1):
+        draw_shape(ids, Shape(shape.class_id, shape.cx, shape.cy, shape.size, shape.angle, (number,) * 3))
+    shown = np.bincount(ids.ravel(), minlength=len(shapes) + 1)[1:]
+    return [min(1.0, float(n) / s.area) for n, s in zip(shown, shapes)]
 
 
 def write_clip(path: str | Path, seed: int, frames: int = 600, fps: float = 30.0,
@@ -255,9 +277,9 @@ def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float 
                      progress: Callable[[int, int], None] | None = None) -> Path:
     """Render a crowded clip for tracking and its ground truth (``<path>.json``, as ``write_clip``'s).
 
-    ``shapes`` (default: 30 to 50, drawn from the seed) of 16 to 96 px, of the three classes, at
-    depths of their own, so that they pass in front of each other (same-class crossings and partial
-    occlusion); each changes speed and direction now and then (stopping too), grows and shrinks,
+    ``shapes`` (default: 30 to 50, drawn from the seed) of 16 to 96 px, of the three classes, that
+    pass over each other, larger behind smaller (same-class crossings, and partial occlusion: a
+    shape is hidden only by smaller ones); each changes speed and direction now and then (stopping too), grows and shrinks,
     and bounces off the frame's edges, or now and then leaves through one, when a new shape (a new
     id) enters from an edge in its place. Boxes are whole (amodal) but clipped to the frame, and each
     frame's ``visibility`` gives the share of each shape that shows (0 to 1: the rest is behind
@@ -265,11 +287,9 @@ def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float 
     rng = np.random.default_rng(seed)
     background = render_background(rng, width, height)
     count = int(rng.integers(CROWD_SHAPES[0], CROWD_SHAPES[1] + 1)) if shapes is None else shapes
-    # Index order is depth order: a later shape passes in front of an earlier one; a new shape takes the place
-    # (and depth) of the one it replaces.
+    # A new shape takes the place of the one it replaces, in this list and in the ground truth's order.
     movers = [_crowd_mover(rng, object_id, width, height, background) for object_id in range(count)]
     next_id = count
-    ids = np.zeros((height, width), np.uint8)  # which shape each pixel shows (0: background)
 
     def render(frame_id: int) -> tuple[np.ndarray, dict[str, Any]]:
         nonlocal next_id
@@ -279,17 +299,16 @@ def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float 
             if _outside(mover.shape, width, height):
                 movers[i] = _crowd_mover(rng, next_id, width, height, background, entering=True)
                 next_id += 1
+        # Larger shapes behind smaller ones: a shape is only ever partly hidden (by smaller ones).
+        order = sorted(range(len(movers)), key=lambda i: -movers[i].shape.size)
         image = background.copy()
-        ids[:] = 0
-        for number, mover in enumerate(movers, 1):
-            shape = mover.shape
-            draw_shape(image, shape)
-            draw_shape(ids, Shape(shape.class_id, shape.cx, shape.cy, shape.size, shape.angle, (number,) * 3))
-        shown = np.bincount(ids.ravel(), minlength=len(movers) + 1)[1:]
+        for i in order:
+            draw_shape(image, movers[i].shape)
+        shown = dict(zip(order, visibility([movers[i].shape for i in order], width, height)))
         return add_noise(rng, image, 3.0), {
             "boxes": [[round(v, 2) for v in m.shape.box(width, height)] for m in movers],
             "class_ids": [m.shape.class_id for m in movers], "ids": [m.object_id for m in movers],
-            "visibility": [round(min(1.0, float(n) / m.shape.area), 3) for n, m in zip(shown, movers)]}
+            "visibility": [round(shown[i], 3) for i in range(len(movers))]}
 
     return _write_video(path, seed, frames, fps, width, height, render, progress)
 

@@ -21,19 +21,24 @@ What differs here:
   track at once is a few numpy operations on one array; the numbers are those of the 8x8 form.
   (With tens of tracks numpy's cost is per call, not per track: a frame's work is a fixed number
   of calls, whatever the number of objects; benchmarks/bench_tracker.py.)
-- Tracks are per class, and a detector unsure of a small object's class does not break them (``track``, what the
-  pipeline calls): a track prefers detections of its own class (CLASS_CHANGE_COST on top of 1 - IoU) but takes one
-  of another class for the same object, a detection that another class's detection on the same object (IoU >=
-  SAME_OBJECT_IOU; NMS is per class) already serves starts no track, and a track's class is the one of its best
-  score. (Strictly per-class tracks swapped such an object between two tracks from frame to frame: 6 id switches on
-  a 12-object test clip.) ``update`` does the same when given ``one_class_per_object``, and otherwise starts a
-  track for each class's detection.
+- Tracks are per class, and a detector unsure of an object's class does not break them (``track``, what the
+  pipeline calls): of the boxes of other classes on one object (IoU >= SAME_OBJECT_IOU; the detector's NMS is per
+  class), only the best scored takes part (``_one_view_per_object``); a track prefers detections of its own class
+  (CLASS_CHANGE_COST on top of 1 - IoU) but takes one of another class, and a track's class is the one of its best
+  score. (Strictly per-class tracks swapped such an object between two tracks from frame to frame: 6 id switches
+  on a 12-object test clip; and the second box of an object let a lost track of that class take it over.)
+  ``update`` does the same when given ``one_class_per_object``, and otherwise keeps every class's detection.
 - Birth uses ``min_hits`` everywhere (ByteTrack confirms every track of the first frame at once);
   a tentative track needs high-score detections, and dies the first frame it misses, as there.
-- One pool of tracks: the first stage matches the high-score detections to every track, tentative,
-  confirmed and lost (unmatched for fewer than ``max_age`` frames) alike; the second matches the
-  low-score ones to the confirmed tracks left, lost ones included, as the paper's Algorithm 1
-  does (the reference code leaves lost tracks out of the second stage).
+- One pool of tracks, but the high-score detections go first to the tracks seen in the previous frame where they
+  overlap well (IoU >= SEEN_FIRST_IOU), then to every track left, tentative, confirmed and lost (unmatched for
+  fewer than ``max_age`` frames) alike, at ``match_iou``: a lost track's box, carried on by its last velocity,
+  drifts over other objects, and took over their detections from the tracks that follow them. The second stage
+  matches the low-score ones to the confirmed tracks left, lost ones included, as the paper's Algorithm 1 does
+  (the reference code leaves lost tracks out of it). A third, for lost tracks that no box overlaps any more,
+  takes up the high-score detections left of their class within the filter's gate (``_recover``): an object that
+  comes out from behind another, or that the detector missed for a while, gets its id back instead of a new one.
+  (The three measured on crowd clips: benchmarks/bench_tracking_quality.py.)
 - No score fusion into the IoU cost, no new-track threshold above ``high``, and no removal of
   duplicate tracks between the tracked and lost pools (there is one pool).
 
@@ -65,6 +70,7 @@ VELOCITY_NOISE = REFERENCE_FPS / 160 * math.sqrt(REFERENCE_FPS)  # (size/s) afte
 INITIAL_POSITION_STD = 2 * MEASUREMENT_STD
 INITIAL_VELOCITY_STD = 10 * REFERENCE_FPS / 160  # size per second: a new track's speed is unknown
 MIN_DT = 1e-3  # seconds: the step for a first frame or a timestamp that did not increase
+SEEN_FIRST_IOU = 0.5  # the first association's gate for the tracks seen in the previous frame (_match)
 RECOVERY_GATE = 13.28  # chi-square, 4 degrees of freedom, 0.99: a lost track's gate on (cx, cy, w, h) (_recover)
 NO_MATCH = 1e6  # cost of a pair ruled out (gate, class): the assignment makes as many allowed pairs as it can
 # The filter of every track in one array, (5, tracks, 2, 2): the 5 quantities below, each for
@@ -164,8 +170,11 @@ class Tracker:
         dt = MIN_DT if self._last_ts is None else max(ts - self._last_ts, MIN_DT)
         self._last_ts = ts
         tracks, kf = self._tracks, self._filter
-        high = [d for d, score in enumerate(score_list) if score >= self.high]
-        low = [d for d, score in enumerate(score_list) if self.low <= score < self.high]
+        considered = range(len(score_list))
+        if one_class_per_object:
+            considered = _one_view_per_object(boxes, score_list, class_array)
+        high = [d for d in considered if score_list[d] >= self.high]
+        low = [d for d in considered if self.low <= score_list[d] < self.high]
 
         if tracks:
             self._predict(dt)
@@ -200,8 +209,6 @@ class Tracker:
 
         matched = {d for _, d in pairs}
         born = [d for d in high if d not in matched]
-        if born and one_class_per_object:
-            born = _not_other_classes_view(born, [d for _, d in pairs], boxes, score_list, class_array)
         if born:
             self._birth(boxes[born], [score_list[d] for d in born], [class_list[d] for d in born], labels, ts)
             if self.min_hits <= 1:
@@ -223,7 +230,12 @@ class Tracker:
         iou = iou_matrix(_xyxy(self._filter[STATE]), boxes)
         cost = 1.0 - iou
         cost += CLASS_CHANGE_COST * (np.array([t.class_id for t in tracks])[:, None] != class_ids)
-        pairs = self._associate(iou, cost, self.match_iou, None, high)
+        # The tracks seen in the previous frame first, where they overlap a box well: a lost track, its box carried
+        # on by its last velocity, must not take the object that another track follows.
+        seen = [row for row, t in enumerate(tracks) if not t.misses]
+        pairs = self._associate(iou, cost, SEEN_FIRST_IOU, seen, high)
+        rest = [row for row in range(len(tracks)) if row not in {r for r, _ in pairs}]
+        pairs += self._associate(iou, cost, self.match_iou, rest, _not_in(high, pairs))
         first = {row for row, _ in pairs}
         left_over = [row for row, t in enumerate(tracks) if t.confirmed and row not in first]
         pairs += self._associate(iou, cost, self.second_match_iou, left_over, low)
@@ -352,25 +364,20 @@ def _not_in(dets: list[int], pairs: list[tuple[int, int]]) -> list[int]:
     return [d for d in dets if d not in taken]
 
 
-def _not_other_classes_view(candidates: list[int], matched: list[int], boxes: np.ndarray, scores: list[float],
-                            class_ids: np.ndarray) -> list[int]:
-    """Of ``candidates`` (detections that would start tracks), those left once each that is another class's view
-    of an object goes: a candidate that a detection of another class covers (IoU >= SAME_OBJECT_IOU), where that
-    one is ``matched`` to a track this frame or is a better-scored candidate kept. A detector unsure between two
-    classes for a small object reports one box per class (NMS is per class)."""
-    others = matched + candidates
-    if (class_ids[others] == class_ids[candidates[0]]).all():  # the usual case: nothing to compare
-        return candidates
-    covered = ((iou_matrix(boxes[candidates], boxes[others]) >= SAME_OBJECT_IOU)
-               & (class_ids[candidates][:, None] != class_ids[others]))
+def _one_view_per_object(boxes: np.ndarray, scores: list[float], class_ids: np.ndarray) -> Sequence[int]:
+    """The detections left once, of those of other classes on one object (IoU >= SAME_OBJECT_IOU), only the best
+    scored stays: a detector unsure between two classes for an object reports one box per class (NMS is per
+    class), and the other box would otherwise take the object for another track, or start one."""
+    if len(boxes) < 2 or (class_ids == class_ids[0]).all():  # the usual case: nothing to compare
+        return range(len(boxes))
+    covered = (iou_matrix(boxes, boxes) >= SAME_OBJECT_IOU) & (class_ids[:, None] != class_ids)
     if not covered.any():
-        return candidates
-    by_matched, by_candidate = covered[:, :len(matched)].any(axis=1), covered[:, len(matched):]
+        return range(len(boxes))
     kept: list[int] = []
-    for i in sorted(range(len(candidates)), key=lambda i: -scores[candidates[i]]):
-        if not by_matched[i] and not by_candidate[i, kept].any():
-            kept.append(i)
-    return [candidates[i] for i in sorted(kept)]
+    for d in sorted(range(len(boxes)), key=lambda d: -scores[d]):
+        if not covered[d, kept].any():
+            kept.append(d)
+    return sorted(kept)
 
 
 def detection_floor(confidence: float, low: float) -> float:

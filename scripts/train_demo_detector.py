@@ -150,6 +150,41 @@ class ExportWrapper(nn.Module):
         return torch.cat([xy, wh, logits.sigmoid()], -1).transpose(1, 2)
 
 
+def load_exported(model: ShapesDetector, path: Path) -> None:
+    """Fine-tune from an exported model: its weights into ``model``, whose batch norms become identities (the
+    export folds each into the convolution before it, and the folded convolution gets a bias). ONNX's Conv
+    nodes come in the order the export traced them, which is the order the convolutions run in."""
+    import onnx
+    from onnx import numpy_helper
+
+    for module in model.modules():
+        if isinstance(module, Conv):
+            conv = module[0]
+            module[0] = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                  bias=True)
+            module[1] = nn.Identity()
+    run_order: list[nn.Conv2d] = []
+    hooks = [m.register_forward_hook(lambda m, _i, _o: run_order.append(m))
+             for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model.eval()
+        model(torch.zeros(1, 3, 64, 64))
+    for hook in hooks:
+        hook.remove()
+    graph = onnx.load(str(path)).graph
+    weights = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    if len(convs) != len(run_order):
+        raise ValueError(f"{path}: {len(convs)} convolutions, the model has {len(run_order)}")
+    with torch.no_grad():
+        for node, conv in zip(convs, run_order):
+            weight, bias = weights[node.input[1]], weights[node.input[2]]
+            if tuple(weight.shape) != tuple(conv.weight.shape):
+                raise ValueError(f"{path}: {node.name} is {weight.shape}, the model's is {tuple(conv.weight.shape)}")
+            conv.weight.copy_(torch.from_numpy(weight))
+            conv.bias.copy_(torch.from_numpy(bias))
+
+
 # ---------------------------------------------------------------------------- loss
 def box_iou_pairwise(a: torch.Tensor, b: torch.Tensor, giou: bool = False) -> torch.Tensor:
     """IoU (or GIoU) of boxes a[..., 4] and b[..., 4] that broadcast against each other."""
@@ -224,8 +259,8 @@ def detection_loss(model: ShapesDetector, images: torch.Tensor, gt_boxes: torch.
 class SyntheticBatches(torch.utils.data.IterableDataset):
     """Endless batches of letterboxed synthetic scenes; each worker draws from its own seed."""
 
-    def __init__(self, batch_size: int, sizes: tuple[int, ...], seed: int):
-        self.batch_size, self.sizes, self.seed = batch_size, sizes, seed
+    def __init__(self, batch_size: int, sizes: tuple[int, ...], seed: int, crowded: float):
+        self.batch_size, self.sizes, self.seed, self.crowded = batch_size, sizes, seed, crowded
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -235,7 +270,7 @@ class SyntheticBatches(torch.utils.data.IterableDataset):
             size = int(rng.choice(self.sizes))
             images, boxes, labels = [], [], []
             for _ in range(self.batch_size):
-                image, scene_boxes, classes = synthetic.render_scene(rng)
+                image, scene_boxes, classes = synthetic.render_scene(rng, crowded=self.crowded)
                 if rng.random() < 0.5:  # mirror: shapes have no handedness
                     image = image[:, ::-1]
                     scene_boxes = scene_boxes.copy()
@@ -322,13 +357,20 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--eval-frames", type=int, default=300)
     parser.add_argument("--checkpoint", type=Path, default=None, help="resume from / save to this .pt file")
+    parser.add_argument("--init", type=Path, default=None, metavar="MODEL.onnx",
+                        help="fine-tune from an exported model's weights (its batch norms folded away)")
+    parser.add_argument("--crowded", type=float, default=0.0,
+                        help="share of training scenes whose shapes touch and hide each other (render_scene)")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    model = ShapesDetector(len(synthetic.LABELS)).to(device)
+    model = ShapesDetector(len(synthetic.LABELS))
+    if args.init:
+        load_exported(model, args.init)
+        print(f"fine-tuning from {args.init}", flush=True)
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {params / 1e6:.3f} M parameters, {count_flops(model.cpu(), args.size) / 1e9:.3f} GFLOPs at {args.size}",
           flush=True)
@@ -346,7 +388,7 @@ def main() -> int:
         start_step = state["step"]
         print(f"resumed from {args.checkpoint} at step {start_step}", flush=True)
     sizes = (args.size - 96, args.size - 32, args.size, args.size, args.size, args.size + 64)
-    loader = torch.utils.data.DataLoader(SyntheticBatches(args.batch, sizes, args.seed + start_step), batch_size=None,
+    loader = torch.utils.data.DataLoader(SyntheticBatches(args.batch, sizes, args.seed + start_step, args.crowded), batch_size=None,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          prefetch_factor=4 if args.workers else None)
     model.train()

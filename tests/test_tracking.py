@@ -96,6 +96,51 @@ def test_two_objects_of_one_class_crossing_keep_their_ids():
     assert len(set(tracks.values())) == 2
 
 
+def test_a_lost_track_does_not_take_the_object_that_another_track_follows():
+    """A square's track is lost while moving right; its box, carried on at that speed, drifts over a resting circle,
+    which the detector sees as a square for a while: the circle's track keeps it, though the lost track's class
+    fits better."""
+    tracker = Tracker()
+    for k in range(40):
+        square = [(box(100 + 4 * k, 200), 0.9, 1)] if k < 10 else []  # seen for 10 frames, then gone
+        resting = (box(215, 202), 0.9, 1 if 25 <= k < 35 else 0)  # in the lost box's way about frames 25-35
+        update = step(tracker, square + [resting], k / FPS)
+        if k >= 2:
+            assert list(ids(update).values())[-1] == 2, f"frame {k}: the resting object's track"
+
+
+def test_a_lost_track_gets_its_object_back_after_a_long_miss():
+    """The detector misses a moving object for 20 frames, while it slows down: its track's box runs ahead, no longer
+    overlapping it, but the object comes back within the filter's grown uncertainty, and gets its id back."""
+    tracker = Tracker()
+    x = 100.0
+    track_ids = set()
+    for k in range(60):
+        x += 4.0 if k < 20 else 1.0
+        missed = 20 <= k < 40
+        update = step(tracker, [] if missed else [(box(x, 200, 30, 30), 0.9, 2)], k / FPS)
+        track_ids.update(ids(update).values())
+    assert track_ids == {1}
+    assert update.tracked and update.tracked[0].track_id == 1
+
+
+def test_the_second_box_of_an_object_seen_as_two_classes_goes_to_no_lost_track():
+    """A square's track is lost; a circle's track follows an object that the detector then also reports as a
+    square (a box per class): the circle's track keeps the object, whose square box the lost square track would
+    have taken."""
+    tracker = Tracker()
+    for k in range(30):
+        circle = box(300 + 2 * k, 200)
+        detections = [(circle, 0.8, 0)] + ([(box(340, 220), 0.9, 1)] if k < 5 else [])  # the square goes at frame 5
+        if k >= 10:
+            detections.append((circle, 0.85, 1))  # the circle also as a square, scored a bit higher
+        boxes = np.array([d[0] for d in detections])
+        update = tracker.update(boxes, np.array([d[1] for d in detections]), np.array([d[2] for d in detections]),
+                                LABELS, k / FPS, one_class_per_object=True)
+        if k >= 10:
+            assert [t.track_id for t in update.tracked] == [1], f"frame {k}"
+
+
 def test_dropped_frames_gap_keeps_velocity_in_pixels_per_second():
     tracker = Tracker()
     vx, vy = 90.0, 30.0
