@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edged.errors import EdgedError
 from edged.inference.session import PROVIDERS, SessionConfig
+from edged.specs import FILE_KINDS, redact, source_kind
 
 DEFAULT_CONFIG_PATH = Path("/etc/edged/edged.yaml")
 CONFIG_ENV = "EDGED_CONFIG"
@@ -26,13 +27,6 @@ MAX_CONFIG_BYTES = 1 << 20  # 1 MB: a real config is a few KB, and 1 MB of YAML 
 MAX_DEPTH = 32  # nesting levels; a real config uses 4, and PyYAML's composer recurses per level
 MAX_ALIAS_NODES = 10_000  # nodes reached through aliases, counted expanded: stops "billion laughs"
 MAX_INPUT_SIDE = 4096
-_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def redact(spec: str) -> str:
-    """A source or URL spelling fit for logs, events, errors and published state: ``rtsp://user:pw@host`` ->
-    ``rtsp://***@host``."""
-    return _CREDENTIALS.sub("***@", spec)
 
 
 class ConfigError(EdgedError):
@@ -337,8 +331,6 @@ def resolve_paths(config: Config, base_dir: Path) -> None:
     config.remote_config.hmac_key_file = absolute(config.remote_config.hmac_key_file)
     config.remote_config.state_dir = base_dir / config.remote_config.state_dir  # an absolute one stays as it is
     config.inference.tensorrt.cache_dir = base_dir / config.inference.tensorrt.cache_dir
-    from edged.sources import FILE_KINDS, source_kind  # sources imports OpenCV: only when needed
-
     for stream in config.streams:
         if isinstance(stream.source, str) and source_kind(stream.source) in FILE_KINDS:
             stream.source = str(absolute(Path(stream.source)))

@@ -17,30 +17,25 @@ from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.dashboards import HomeAssistant, SnapshotEncoder, StreamObjects
 from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
-from edged.health import RollingWindow
-from edged.detections import DetectionResult
+from edged.health import RollingWindow, rounded
 from edged.inference.detector import Detector
 from edged.bench import Variant
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.errors import EdgedError
 from edged.messages import event_message, health_message, model_descriptor
 from edged.mqtt import MqttClient, probe
-from edged.pipeline import Pipeline
 from edged.plan import Plan
 from edged.preflight import check_runtime
 from edged.remote.service import RemoteConfig
 from edged.resources.governor import fps_cap, max_fps_halvings
 from edged.resources.manager import SHED_DETECTIONS, ResourceManager
 from edged.signals import SignalLatch
-from edged.sinks import Sink
-from edged.sources import Frame
-from edged.streams import OUTAGE_STATES, StreamReader
+from edged.stream_runner import StreamRunner
 from edged.systemd import Notifier
 from edged.tracking import Tracker, detection_floor
 
 log = logging.getLogger("edged.daemon")
 
-PIPELINE_STUCK_S = 10.0  # an 'up' stream whose pipeline publishes nothing for this long is stuck: no watchdog
 LOOP_S = 0.25  # main loop tick
 FLUSH_S = 3.0  # how long shutdown waits for queued MQTT messages
 STOP_JOIN_S = 1.5  # how long stopping streams waits for their threads, all together
@@ -79,111 +74,10 @@ def reported_from(config: Config) -> float:
     return detection_floor(confidence, config.tracking.low) if config.tracking.enabled else confidence
 
 
-class MqttSink:
-    """Publishes each detections message on ``P/streams/<stream>/detections`` through whichever MQTT client
-    the daemon runs now (a reload may replace it)."""
-
-    def __init__(self, mqtt: Callable[[], MqttClient], stream: str):
-        self._mqtt = mqtt
-        self._suffix = f"streams/{stream}/detections"
-
-    def write(self, message: dict[str, Any], frame: Frame, result: DetectionResult) -> None:
-        client = self._mqtt()
-        client.publish(client.topic(self._suffix), message, droppable=True)
-
-    def close(self) -> None:
-        pass
-
-
-class StreamRunner:
-    """One stream: its capture thread, its pipeline thread, and the numbers health reports."""
-
-    def __init__(self, settings: StreamSettings, detector: Detector, mqtt: Callable[[], MqttClient], device_id: str,
-                 seq: int, on_state: Callable[[str, str, str], None], tracker: Tracker | None = None,
-                 objects: StreamObjects | None = None):
-        """``tracker`` and ``objects``: with tracking, the stream's tracker, and what publishes its objects."""
-        self.name = settings.name
-        self.settings = settings
-        self.reader = StreamReader(settings.name, str(settings.source), realtime=settings.realtime,
-                                   max_fps=settings.max_fps, loop=settings.loop, on_state=self._on_state,
-                                   stall_s=settings.stall_s, backoff_max_s=settings.reconnect_max_s)
-        self._report_state = on_state
-        self.objects = objects
-        sinks: list[Sink] = [MqttSink(mqtt, settings.name), self, *([objects] if objects else [])]
-        self.pipeline = Pipeline(detector, settings.name, sinks, device_id, seq, tracker)
-        self.latency = RollingWindow()
-        self.inference_ms = RollingWindow()
-        self.settled = threading.Event()  # first result published, or the source reported down
-        self.last_progress = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}", daemon=True)
-        self._stopping = False
-
-    # Sink interface: the pipeline hands every published message here too.
-    def write(self, message: dict[str, Any], frame: Frame, result: DetectionResult) -> None:
-        self.latency.add(message["latency_ms"]["total"])
-        self.inference_ms.add(message["latency_ms"]["inference"])
-        self.last_progress = time.monotonic()
-        self.settled.set()
-
-    def close(self) -> None:
-        pass
-
-    def _on_state(self, stream: str, state: str, detail: str) -> None:
-        if state in OUTAGE_STATES:
-            self.settled.set()
-        else:
-            self.last_progress = time.monotonic()
-        self._report_state(stream, state, detail)
-
-    def start(self) -> None:
-        self.reader.start()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stopping:
-            try:
-                # Live streams: the newest frame goes straight through, none waits between stages.
-                self.pipeline.run(self.reader.frames(), overlap=not self.reader.realtime)
-                return  # frames() ends when the reader stops, or at the end of a file
-            except Exception:  # keep the stream alive: a bug in one frame must not end it
-                log.exception("stream %s: pipeline failed; restarting it", self.name)
-                time.sleep(1.0)
-
-    def shed_memory(self, shedding: bool) -> None:
-        """Hold fewer decoded frames while memory is short: in the reader's queue and between the stages."""
-        self.reader.shed_memory(shedding)
-        self.pipeline.shed_memory(shedding)
-
-    def request_stop(self) -> None:
-        """Stop reading; the frames in flight still finish and publish (``join`` waits for them)."""
-        self._stopping = True
-        self.reader.request_stop()
-
-    def join(self, deadline: float) -> None:
-        """Wait for the capture and pipeline threads until ``deadline`` (monotonic)."""
-        self.reader.join(deadline - time.monotonic())
-        self._thread.join(max(deadline - time.monotonic(), 0.0))
-        if self._thread.is_alive():
-            log.warning("stream %s: pipeline still busy when stopped; left behind", self.name)
-
-    def progressing(self, now: float) -> bool:
-        """False while the source is stalled, or while it is up and the pipeline publishes nothing."""
-        state = self.reader.state
-        return state != "stalled" and (state != "up" or now - self.last_progress < PIPELINE_STUCK_S)
-
-    def health(self) -> dict[str, Any]:
-        return {**self.reader.stats(),
-                "latency_ms": {"p50": _round(self.latency.percentile(50)), "p95": _round(self.latency.percentile(95))}}
-
-
 def _label(model: dict[str, Any]) -> str:
     """A model descriptor as events name it: ``shapes-yolov8 fp32@416``."""
     height, width = model["input_size"]
     return f"{model['name']} {model['precision']}@{height if height == width else f'{height}x{width}'}"
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 2)
 
 
 class Daemon:
@@ -592,7 +486,7 @@ class Daemon:
             uptime_s=round(time.monotonic() - self.started, 1),
             streams={r.name: r.health() for r in runners},
             inference={"provider": self.detector.provider, "precision": self.detector.precision,
-                       "input_size": list(self.detector.input_size), "ms_p50": _round(inference.percentile(50))},
+                       "input_size": list(self.detector.input_size), "ms_p50": rounded(inference.percentile(50))},
             resources=self.resources.sample if self.resources else {},
             resource_manager=self.resources.state() if self.resources else {"level": "normal", "active_steps": []},
             mqtt=self.mqtt.stats(),

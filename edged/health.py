@@ -11,6 +11,11 @@ from typing import Iterable
 import numpy as np
 
 
+def rounded(value: float | None) -> float | None:
+    """A figure as health messages carry it: two decimals; None (an empty window's) stays None."""
+    return None if value is None else round(value, 2)
+
+
 class RollingWindow:
     """Timestamped samples from the last ``seconds`` and/or the last ``maxlen``: rate and
     percentiles. Times are ``time.monotonic()`` unless given. Thread-safe."""

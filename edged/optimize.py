@@ -46,7 +46,8 @@ from edged.evaluation import Truth, evaluate_messages, iou_matrix, load_ground_t
 from edged.detections import Detection
 from edged.inference.detector import Detector, read_model_info, variant_path
 from edged.inference.session import SessionConfig
-from edged.sources import FILE_KINDS, Frame, open_source, source_kind
+from edged.sources import Frame, open_source
+from edged.specs import FILE_KINDS, source_kind
 
 CPU = SessionConfig(providers=("cpu",))
 HOLD_BACK_EVERY = 5  # every fifth frame read is kept out of calibration, for the agreement check

@@ -18,14 +18,11 @@ from urllib.parse import urlsplit
 import cv2
 import numpy as np
 
-from edged.config import redact
 from edged.errors import SourceError
+from edged.specs import IMAGE_SUFFIXES, redact, source_kind
 
 log = logging.getLogger("edged.sources")
 
-FILE_KINDS = ("video", "image", "images")  # source kinds that are paths on this machine
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "rtmp": 1935, "http": 80, "https": 443}
 
 
@@ -43,20 +40,6 @@ class Frame:
     def ts_scene(self) -> float:
         """When the scene looked like this: the video's time for files, else the capture time."""
         return self.ts_media if self.ts_media is not None else self.ts_capture
-
-
-def source_kind(spec: str) -> str:
-    """``camera``, ``url``, ``gstreamer``, ``images`` (a folder), ``image`` or ``video``."""
-    if spec.isdigit() or spec.startswith("/dev/video"):
-        return "camera"
-    if _URL.match(spec):
-        return "url"
-    if "!" in spec and "appsink" in spec:
-        return "gstreamer"
-    path = Path(spec)
-    if path.is_dir():
-        return "images"
-    return "image" if path.suffix.lower() in IMAGE_SUFFIXES else "video"
 
 
 def has_gstreamer() -> bool:

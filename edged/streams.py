@@ -36,7 +36,8 @@ import cv2
 
 from edged.handoff import Handoff
 from edged.health import RollingWindow
-from edged.sources import CaptureSource, Frame, open_source, redact, source_kind, source_reachable
+from edged.sources import CaptureSource, Frame, open_source, source_reachable
+from edged.specs import redact, source_kind
 
 log = logging.getLogger("edged.streams")
 

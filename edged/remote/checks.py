@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edged.config import Config
+from edged.specs import FILE_KINDS, source_kind
 
 # Key names that hold a secret when inline; ``*_file`` keys name a file on the device instead.
 SECRET_WORDS = ("password", "passwd", "secret", "token", "api_key", "apikey", "private_key", "hmac_key",
@@ -45,8 +46,6 @@ def inline_secrets(patch: dict[str, Any]) -> list[str]:
 
 def _paths(config: Config) -> Iterator[tuple[str, Path]]:
     """Every file or folder the config names, with its key path."""
-    from edged.sources import FILE_KINDS, source_kind  # OpenCV: only when needed
-
     model, tls = config.model, config.mqtt.tls
     named: list[tuple[str, Path | None]] = [
         ("model.path", model.path), ("model.labels", model.labels if isinstance(model.labels, Path) else None),

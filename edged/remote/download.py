@@ -27,8 +27,8 @@ from typing import IO
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from edged import __version__
-from edged.config import redact
 from edged.errors import EdgedError
+from edged.specs import redact
 
 log = logging.getLogger("edged.remote")
 
