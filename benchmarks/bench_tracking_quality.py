@@ -3,8 +3,8 @@
 
 Each seed renders a 640x480 crowd clip (``edged.synthetic.write_crowd_clip``: 30 to 50 shapes of 16 to 96 px
 that cross, hide each other, change size, speed and direction, and leave and enter), runs the demo detector on
-every frame as the daemon does with tracking on (reporting down to ``tracking.low``; at ``--input-size``, 640 by
-default: the frames at full resolution), tracks with the daemon's default settings (``Tracker.from_config``),
+every frame as the daemon does with tracking on (reporting down to ``tracking.low``; at the model's input size
+unless ``--input-size``), tracks with the daemon's default settings (``Tracker.from_config``),
 and scores the tracks against the clip's ground-truth identities. Objects less than half visible are left out,
 and so are the tracks on them (``edged.evaluation.MIN_VISIBILITY``). Prints MOTA, IDF1, identity switches,
 misses and false positives per seed and over all seeds, against issue 15's goals.
@@ -33,8 +33,8 @@ sys.path.insert(0, str(REPO))
 
 from edged.config import Config  # noqa: E402
 from edged.tracking import Tracker  # noqa: E402
-from tests.tracking_scenes import (GOALS, INPUT_SIZE, SEEDS, default_detector, detect_scene,  # noqa: E402
-                                   meets_goals, score_scene, total)
+from tests.tracking_scenes import (GOALS, SEEDS, default_detector, detect_scene, meets_goals,  # noqa: E402
+                                   score_scene, total)
 
 COLUMNS = ("MOTA", "IDF1", "ID sw.", "tracks", "sw./track", "misses", "false pos.", "boxes")
 
@@ -50,7 +50,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help=f"how many seeds, from {SEEDS[0]} on")
     parser.add_argument("--frames", type=int, default=600)
-    parser.add_argument("--input-size", type=int, default=INPUT_SIZE, help="the detector's input (square)")
+    parser.add_argument("--input-size", type=int, default=None,
+                        help="the detector's input (square; default: the model's own, as the daemon)")
     parser.add_argument("--cache", type=Path, default=None, help="keep clips and detections here, and reuse them")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -67,7 +68,8 @@ def main() -> int:
             bar.update(done * args.frames - bar.n)  # a cached scene's frames
             scores.append(score_scene(scene, Tracker.from_config(Config())))
     overall = total(scores)
-    print(f"\nCrowd clips, {args.frames} frames each, demo detector at {args.input_size}x{args.input_size}, the "
+    size = "x".join(map(str, detector.input_size))
+    print(f"\nCrowd clips, {args.frames} frames each, demo detector at {size}, the "
           f"daemon's tracker (default settings); objects under half visible left out:\n")
     print("| seed | " + " | ".join(COLUMNS) + " |")
     print("|" + " --- |" * (len(COLUMNS) + 1))
@@ -79,7 +81,7 @@ def main() -> int:
           f"({overall['idf1']:.3f}), ID switches <= {switches_goal:.0f} ({overall['id_switches']}): "
           f"{'met' if meets_goals(overall) else 'NOT MET'}")
     if args.json:
-        args.json.write_text(json.dumps({"frames": args.frames, "input_size": args.input_size,
+        args.json.write_text(json.dumps({"frames": args.frames, "input_size": list(detector.input_size),
                                          "seeds": dict(zip(map(str, seeds), scores)), "total": overall}, indent=2))
     return 0
 

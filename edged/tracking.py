@@ -70,7 +70,7 @@ VELOCITY_NOISE = REFERENCE_FPS / 160 * math.sqrt(REFERENCE_FPS)  # (size/s) afte
 INITIAL_POSITION_STD = 2 * MEASUREMENT_STD
 INITIAL_VELOCITY_STD = 10 * REFERENCE_FPS / 160  # size per second: a new track's speed is unknown
 MIN_DT = 1e-3  # seconds: the step for a first frame or a timestamp that did not increase
-SEEN_FIRST_IOU = 0.5  # the first association's gate for the tracks seen in the previous frame (_match)
+SEEN_FIRST_IOU = 0.7  # the first association's gate for the tracks seen in the previous frame (_match)
 RECOVERY_GATE = 13.28  # chi-square, 4 degrees of freedom, 0.99: a lost track's gate on (cx, cy, w, h) (_recover)
 NO_MATCH = 1e6  # cost of a pair ruled out (gate, class): the assignment makes as many allowed pairs as it can
 # The filter of every track in one array, (5, tracks, 2, 2): the 5 quantities below, each for

@@ -8,6 +8,7 @@ tracker can be run again on them, with other settings, without running the detec
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,9 +27,6 @@ from edged.synthetic import write_crowd_clip
 from edged.tracking import Tracker, detection_floor
 
 SEEDS = tuple(range(1501, 1511))  # ten crowd clips, 30 to 50 shapes each
-# The detector looks at the 640x480 frames at full resolution: at its default 416 it finds 0.80 of the whole shapes
-# under 30 px (0.92 at 640), and tracking would be measured on the detector's misses.
-INPUT_SIZE = 640
 GOALS = {"switches_per_track": 1 / 20, "idf1": 0.90, "mota": 0.90}  # issue 15's targets, over all seeds
 
 
@@ -53,20 +51,21 @@ class Scene:
         return cls(data["seed"], data["fps"], truth, frames)
 
 
-def default_detector(input_size: int = INPUT_SIZE) -> Detector:
+def default_detector(input_size: int | None = None) -> Detector:
     """The demo detector as the daemon runs it with tracking on (its default config): reporting down to
-    ``tracking.low``."""
+    ``tracking.low``; at ``input_size`` (square), else the model's own."""
     config = Config()
-    return Detector(demo_model_path(), SessionConfig(providers=("cpu",)), input_size=(input_size, input_size),
+    return Detector(demo_model_path(), SessionConfig(providers=("cpu",)), input_size=input_size,
                     confidence=detection_floor(config.model.confidence, config.tracking.low), iou=config.model.iou)
 
 
 def detect_scene(folder: Path, seed: int, frames: int, detector: Detector,
                  progress: Callable[[], None] | None = None) -> Scene:
-    """Render the crowd clip of ``seed`` into ``folder`` (once: a clip and its detections already there are
-    reused) and detect in every frame."""
+    """Render the crowd clip of ``seed`` into ``folder`` (once: a clip and its detections by the same model file at
+    the same input size already there are reused) and detect in every frame."""
     clip = folder / f"crowd-{seed}-{frames}.mp4"
-    detected = clip.with_suffix(f".detections-{detector.input_size[0]}.json")
+    model = hashlib.sha256(detector.path.read_bytes()).hexdigest()[:12]
+    detected = clip.with_suffix(f".detections-{model}-{detector.input_size[0]}.json")
     if not clip.exists():
         write_crowd_clip(clip, seed, frames)
     truth = load_track_truth(clip.with_suffix(".json"), MIN_VISIBILITY)
