@@ -52,11 +52,12 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=600)
     parser.add_argument("--input-size", type=int, default=None,
                         help="the detector's input (square; default: the model's own, as the daemon)")
+    parser.add_argument("--model", type=Path, default=None, help="another detector than the bundled demo one")
     parser.add_argument("--cache", type=Path, default=None, help="keep clips and detections here, and reuse them")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     seeds = range(SEEDS[0], SEEDS[0] + args.seeds)
-    detector = default_detector(args.input_size)
+    detector = default_detector(args.input_size, args.model)
     scores = []
     with tempfile.TemporaryDirectory() as tmp, \
             tqdm(total=args.seeds * args.frames, unit="frame", desc="detecting", disable=None) as bar:
@@ -69,7 +70,7 @@ def main() -> int:
             scores.append(score_scene(scene, Tracker.from_config(Config())))
     overall = total(scores)
     size = "x".join(map(str, detector.input_size))
-    print(f"\nCrowd clips, {args.frames} frames each, demo detector at {size}, the "
+    print(f"\nCrowd clips, {args.frames} frames each, {detector.path.name} at {size}, the "
           f"daemon's tracker (default settings); objects under half visible left out:\n")
     print("| seed | " + " | ".join(COLUMNS) + " |")
     print("|" + " --- |" * (len(COLUMNS) + 1))

@@ -51,11 +51,11 @@ class Scene:
         return cls(data["seed"], data["fps"], truth, frames)
 
 
-def default_detector(input_size: int | None = None) -> Detector:
-    """The demo detector as the daemon runs it with tracking on (its default config): reporting down to
-    ``tracking.low``; at ``input_size`` (square), else the model's own."""
+def default_detector(input_size: int | None = None, model: Path | None = None) -> Detector:
+    """The demo detector (or ``model``) as the daemon runs it with tracking on (its default config): reporting down
+    to ``tracking.low``; at ``input_size`` (square), else the model's own."""
     config = Config()
-    return Detector(demo_model_path(), SessionConfig(providers=("cpu",)), input_size=input_size,
+    return Detector(model or demo_model_path(), SessionConfig(providers=("cpu",)), input_size=input_size,
                     confidence=detection_floor(config.model.confidence, config.tracking.low), iou=config.model.iou)
 
 
