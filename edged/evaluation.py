@@ -140,14 +140,16 @@ def _boxes(boxes: Iterable[Sequence[float]]) -> np.ndarray:
     return np.array(list(boxes), dtype=np.float64).reshape(-1, 4)
 
 
-def _not_on(tracks: Sequence[TrackBox], hidden: Sequence[Sequence[float]], iou: float) -> list[TrackBox]:
-    """``tracks`` less those that cover a hidden object: each hidden object excuses at most one track, paired by
-    the Hungarian method on IoU (>= ``iou``)."""
+def _not_on(tracks: Sequence[TrackBox], objects: Sequence[TrackBox], hidden: Sequence[Sequence[float]],
+            iou: float) -> list[TrackBox]:
+    """``tracks`` less those on a hidden object, as MOTChallenge's evaluation leaves them out: the tracks are paired
+    with the objects and the hidden ones together (Hungarian method on IoU, >= ``iou``), and a track paired with a
+    hidden one goes."""
     if not hidden or not tracks:
         return list(tracks)
-    overlap = iou_matrix(_boxes(hidden), _boxes(b for _, b in tracks))
+    overlap = iou_matrix(_boxes([b for _, b in objects] + list(hidden)), _boxes(b for _, b in tracks))
     rows, cols = linear_sum_assignment(-overlap)
-    excused = {j for i, j in zip(rows.tolist(), cols.tolist()) if overlap[i, j] >= iou}
+    excused = {j for i, j in zip(rows.tolist(), cols.tolist()) if i >= len(objects) and overlap[i, j] >= iou}
     return [t for j, t in enumerate(tracks) if j not in excused]
 
 
@@ -158,15 +160,16 @@ def clear_mot(predicted: Mapping[int, Sequence[TrackBox]], truth: Mapping[int, S
     while it is valid.
 
     ``predicted`` and ``truth`` map frame ids to (id, box) pairs; ``hidden``, frame ids to the boxes of objects
-    that are not to be counted: a track on one is left out of that frame (``_not_on``). MOTA is -inf (motmetrics')
-    when there is no ground truth but a track. The IoU is this module's; motmetrics' own ``iou_matrix`` needs numpy < 2 in its 1.4.0.
+    that are not to be counted: a track on one is left out of that frame (``_not_on``). ``matches`` counts the
+    matches that are not switches (motmetrics counts those apart). MOTA is -inf (motmetrics') when there is no
+    ground truth but a track. The IoU is this module's: motmetrics 1.4.0's own ``iou_matrix`` needs numpy < 2.
     """
     import motmetrics  # a test and benchmark dependency (the ``eval`` extra): the daemon never needs it
 
     accumulator = motmetrics.MOTAccumulator()
     for frame_id in sorted(set(predicted) | set(truth)):
         objects = list(truth.get(frame_id, []))
-        tracks = _not_on(predicted.get(frame_id, []), (hidden or {}).get(frame_id, []), iou)
+        tracks = _not_on(predicted.get(frame_id, []), objects, (hidden or {}).get(frame_id, []), iou)
         overlap = iou_matrix(_boxes(b for _, b in objects), _boxes(b for _, b in tracks))
         accumulator.update([o for o, _ in objects], [t for t, _ in tracks],
                            np.where(overlap >= iou, 1.0 - overlap, np.nan), frameid=frame_id)

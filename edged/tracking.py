@@ -23,7 +23,8 @@ What differs here:
   of calls, whatever the number of objects; benchmarks/bench_tracker.py.)
 - Tracks are per class, and a detector unsure of an object's class does not break them (``track``, what the
   pipeline calls): of the boxes of other classes on one object (IoU >= SAME_OBJECT_IOU; the detector's NMS is per
-  class), only the best scored takes part (``_one_view_per_object``); a track prefers detections of its own class
+  class), only one takes part, the one a seen track took, else the best scored (``_not_other_classes_view``); a
+  track prefers detections of its own class
   (CLASS_CHANGE_COST on top of 1 - IoU) but takes one of another class, and a track's class is the one of its best
   score. (Strictly per-class tracks swapped such an object between two tracks from frame to frame: 6 id switches
   on a 12-object test clip; and the second box of an object let a lost track of that class take it over.)
@@ -50,7 +51,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -170,15 +172,14 @@ class Tracker:
         dt = MIN_DT if self._last_ts is None else max(ts - self._last_ts, MIN_DT)
         self._last_ts = ts
         tracks, kf = self._tracks, self._filter
-        considered = range(len(score_list))
-        if one_class_per_object:
-            considered = _one_view_per_object(boxes, score_list, class_array)
-        high = [d for d in considered if score_list[d] >= self.high]
-        low = [d for d in considered if self.low <= score_list[d] < self.high]
+        high = [d for d, score in enumerate(score_list) if score >= self.high]
+        low = [d for d, score in enumerate(score_list) if self.low <= score < self.high]
 
         if tracks:
             self._predict(dt)
-        pairs = self._match(boxes, class_array, high, low)  # (track row, detection)
+        one_view = partial(_not_other_classes_view, boxes=boxes, scores=score_list, class_ids=class_array) \
+            if one_class_per_object else None
+        pairs, born = self._match(boxes, class_array, high, low, one_view)  # (track row, detection); free ones
         if pairs:
             self._correct([row for row, _ in pairs], _centre_size(boxes[[d for _, d in pairs]]))
         box_list = boxes.tolist()
@@ -207,8 +208,6 @@ class Tracker:
 
         left = self._count_misses({row for row, _ in pairs})
 
-        matched = {d for _, d in pairs}
-        born = [d for d in high if d not in matched]
         if born:
             self._birth(boxes[born], [score_list[d] for d in born], [class_list[d] for d in born], labels, ts)
             if self.min_hits <= 1:
@@ -220,13 +219,15 @@ class Tracker:
         in_view = Counter(t.label for t in self._tracks if t.confirmed and t.misses < IN_VIEW_MISSES)
         return TrackUpdate(tracked, entered, left, dict(in_view))
 
-    def _match(self, boxes: np.ndarray, class_ids: np.ndarray, high: list[int],
-               low: list[int]) -> list[tuple[int, int]]:
-        """ByteTrack's two stages: (track row, detection) pairs, the first stage's then the second's."""
+    def _match(self, boxes: np.ndarray, class_ids: np.ndarray, high: list[int], low: list[int],
+               one_view: OneView | None) -> tuple[list[tuple[int, int]], list[int]]:
+        """ByteTrack's stages (module docstring): (track row, detection) pairs, in the order matched, and the
+        high-score detections left to start tracks. ``one_view``: with one class per object, what is left of the
+        detections not yet matched, once the other classes' views of an object go (``_not_other_classes_view``)."""
         tracks = self._tracks
         if not tracks or not len(boxes):
-            return []
-        # Once a frame, for every track and detection; both stages take their part of it.
+            return [], one_view(high, []) if one_view and high else high
+        # Once a frame, for every track and detection; the stages take their part of it.
         iou = iou_matrix(_xyxy(self._filter[STATE]), boxes)
         cost = 1.0 - iou
         cost += CLASS_CHANGE_COST * (np.array([t.class_id for t in tracks])[:, None] != class_ids)
@@ -234,17 +235,27 @@ class Tracker:
         # on by its last velocity, must not take the object that another track follows.
         seen = [row for row, t in enumerate(tracks) if not t.misses]
         pairs = self._associate(iou, cost, SEEN_FIRST_IOU, seen, high)
-        rest = [row for row in range(len(tracks)) if row not in {r for r, _ in pairs}]
-        pairs += self._associate(iou, cost, self.match_iou, rest, _not_in(high, pairs))
+        free = _not_in(high, pairs)
+        if one_view:
+            # An object's box of another class must not go to a lost track of that class (nor start one). After
+            # the first stage, as most detections are matched by then and few are left to compare.
+            if free or low:
+                left, low_scored = one_view(free + low, [d for _, d in pairs]), set(low)  # in one call: cheaper
+                free, low = [d for d in left if d not in low_scored], [d for d in left if d in low_scored]
+        taken = {row for row, _ in pairs}
+        rest = [row for row in range(len(tracks)) if row not in taken]
+        pairs += self._associate(iou, cost, self.match_iou, rest, free)
         first = {row for row, _ in pairs}
         left_over = [row for row, t in enumerate(tracks) if t.confirmed and row not in first]
         pairs += self._associate(iou, cost, self.second_match_iou, left_over, low)
-        matched = {row for row, _ in pairs}
-        lost = [row for row in left_over if tracks[row].misses and row not in matched]
-        free = _not_in(high, pairs)
+        rows = {row for row, _ in pairs}
+        lost = [row for row in left_over if tracks[row].misses and row not in rows]
+        free = _not_in(free, pairs)
         if lost and free:
-            pairs += self._recover(boxes, class_ids, lost, free)
-        return pairs
+            recovered = self._recover(boxes, class_ids, lost, free)
+            pairs += recovered
+            free = _not_in(free, recovered)
+        return pairs, free
 
     def _recover(self, boxes: np.ndarray, class_ids: np.ndarray, rows: list[int],
                  dets: list[int]) -> list[tuple[int, int]]:
@@ -364,20 +375,28 @@ def _not_in(dets: list[int], pairs: list[tuple[int, int]]) -> list[int]:
     return [d for d in dets if d not in taken]
 
 
-def _one_view_per_object(boxes: np.ndarray, scores: list[float], class_ids: np.ndarray) -> Sequence[int]:
-    """The detections left once, of those of other classes on one object (IoU >= SAME_OBJECT_IOU), only the best
-    scored stays: a detector unsure between two classes for an object reports one box per class (NMS is per
-    class), and the other box would otherwise take the object for another track, or start one."""
-    if len(boxes) < 2 or (class_ids == class_ids[0]).all():  # the usual case: nothing to compare
-        return range(len(boxes))
-    covered = (iou_matrix(boxes, boxes) >= SAME_OBJECT_IOU) & (class_ids[:, None] != class_ids)
+def _not_other_classes_view(candidates: list[int], matched: list[int], boxes: np.ndarray, scores: list[float],
+                            class_ids: np.ndarray) -> list[int]:
+    """Of ``candidates`` (detections not matched yet), those left once each that is another class's view of an
+    object goes: a candidate that a detection of another class covers (IoU >= SAME_OBJECT_IOU), where that one is
+    ``matched`` to a track this frame or is a better-scored candidate kept. A detector unsure between two classes
+    reports a box per class (its NMS is per class)."""
+    others = matched + candidates
+    if (class_ids[others] == class_ids[candidates[0]]).all():  # the usual case: nothing to compare
+        return candidates
+    covered = ((iou_matrix(boxes[candidates], boxes[others]) >= SAME_OBJECT_IOU)
+               & (class_ids[candidates][:, None] != class_ids[others]))
     if not covered.any():
-        return range(len(boxes))
+        return candidates
+    by_matched, by_candidate = covered[:, :len(matched)].any(axis=1), covered[:, len(matched):]
     kept: list[int] = []
-    for d in sorted(range(len(boxes)), key=lambda d: -scores[d]):
-        if not covered[d, kept].any():
-            kept.append(d)
-    return sorted(kept)
+    for i in sorted(range(len(candidates)), key=lambda i: -scores[candidates[i]]):
+        if not by_matched[i] and not by_candidate[i, kept].any():
+            kept.append(i)
+    return [candidates[i] for i in sorted(kept)]
+
+
+OneView = Callable[[list[int], list[int]], list[int]]  # _not_other_classes_view with a frame's boxes bound
 
 
 def detection_floor(confidence: float, low: float) -> float:

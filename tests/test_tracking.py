@@ -319,3 +319,13 @@ def test_a_track_on_an_object_too_hidden_to_count_is_no_false_positive():
     predicted = {0: [(10, BOX_A), (20, BOX_B)], 1: [(10, BOX_A), (20, FAR)]}  # 20: on object 2, then astray
     result = clear_mot(predicted, truth, hidden)
     assert (result["fp"], result["fn"], result["matches"], result["gt"]) == (1, 0, 2, 2)
+
+
+def test_a_track_on_an_object_is_not_taken_for_one_on_a_hidden_object_beside_it():
+    """Objects and hidden ones are paired with the tracks together: a track that fits a counted object stays that
+    object's match although it also overlaps a hidden one well."""
+    behind = [12.0, 10.0, 52.0, 50.0]  # IoU 0.90 with BOX_A
+    result = clear_mot({0: [(10, BOX_A)]}, {0: [(1, BOX_A)]}, {0: [behind]})
+    assert (result["matches"], result["fn"], result["fp"]) == (1, 0, 0)
+    result = clear_mot({0: [(10, BOX_A), (11, behind)]}, {0: [(1, BOX_A)]}, {0: [behind]})
+    assert (result["matches"], result["fn"], result["fp"]) == (1, 0, 0)  # 11: on the hidden one, left out
