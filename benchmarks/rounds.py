@@ -2,7 +2,8 @@
 
 Machines here are shared: someone else's build during a run slows whichever loop it overlaps,
 and that shows up as a ratio, not as visible noise. So a round runs every case once, in an
-order that rotates from round to round (no case always goes first or last), and measures the
+order that rotates from round to round and runs backwards every other round (no case always goes
+first or last, nor always after the same one), and measures the
 other load beside each case: the busy CPU time of the whole machine (``/proc/stat``) minus that
 of the processes the benchmark runs, averaged over the case's run. A round in which any case
 ran beside more other load than a threshold is reported, marked rejected and left out of the
@@ -132,13 +133,17 @@ def add_options(parser: argparse.ArgumentParser, repeats: int = 3) -> None:
 
 def run_rounds(cases: dict[str, Case], repeats: int, max_other: float, bar: tqdm, label: str,
                watch: Sequence[int] = (), compared: Sequence[Ratio] = EDGED_OVER_BARE) -> list[Round]:
-    """``repeats`` rounds of every case; round i starts i cases further along. Each round's ratios are
-    ``compared``'s (``over`` makes them)."""
+    """``repeats`` rounds of every case; round i starts i cases further along, and every other round runs
+    backwards, so that no case always follows the same one (a case can leave the machine busy for the next:
+    ONNX Runtime's threads winding down, a daemon's exit). Each round's ratios are ``compared``'s (``over``
+    makes them)."""
     names = list(cases)
     rounds = []
     for index in range(repeats):
         shift = index % len(names)
         order = names[shift:] + names[:shift]
+        if index % 2:
+            order.reverse()
         results, other, seconds = {}, {}, 0.0
         for name in order:
             bar.set_postfix_str(f"{label} round {index + 1} {name}")

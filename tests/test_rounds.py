@@ -58,7 +58,7 @@ def test_no_accepted_round_reports_each_round_and_no_median() -> None:
     assert lines[-1].startswith("  NO ROUND ACCEPTED")
 
 
-def test_rounds_rotate_the_order_and_compare_what_they_are_told(tmp_path: Path) -> None:
+def test_rounds_rotate_and_reverse_the_order_and_compare_what_they_are_told(tmp_path: Path) -> None:
     ran: list[str] = []
 
     def case(name: str, fps: float) -> dict[str, float]:
@@ -68,7 +68,8 @@ def test_rounds_rotate_the_order_and_compare_what_they_are_told(tmp_path: Path) 
     cases = {"base": lambda: case("base", 4.0), "on": lambda: case("on", 2.0), "off": lambda: case("off", 3.0)}
     with tqdm(disable=True) as bar:
         rounds = run_rounds(cases, 4, float("inf"), bar, "test", compared=COMPARED)
-    assert [r.order for r in rounds] == [list(CASES), ["on", "off", "base"], ["off", "base", "on"], list(CASES)]
+    # Rotated, and every other round backwards: "on" follows "base", then "off", then "base", then "off".
+    assert [r.order for r in rounds] == [list(CASES), ["base", "off", "on"], ["off", "base", "on"], ["off", "on", "base"]]
     assert ran == [name for r in rounds for name in r.order]
     assert all(r.accepted and r.ratios == {"on/base": 0.5, "off/base": 0.75, "on/off": 2 / 3} for r in rounds)
 
