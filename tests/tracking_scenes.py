@@ -18,13 +18,12 @@ from typing import Any
 import cv2
 
 from edged.config import Config
-from edged.demo import demo_model_path
+from edged.daemon import make_detector
 from edged.evaluation import MIN_VISIBILITY, TrackBox, TrackTruth, clear_mot, load_track_truth
 from edged.detections import Detection, DetectionResult
 from edged.inference.detector import Detector
-from edged.inference.session import SessionConfig
 from edged.synthetic import write_crowd_clip
-from edged.tracking import Tracker, detection_floor
+from edged.tracking import Tracker
 
 SEEDS = tuple(range(1501, 1511))  # ten crowd clips, 30 to 50 shapes each
 GOALS = {"switches_per_track": 1 / 20, "idf1": 0.90, "mota": 0.90}  # issue 15's targets, over all seeds
@@ -52,11 +51,11 @@ class Scene:
 
 
 def default_detector(input_size: int | None = None, model: Path | None = None) -> Detector:
-    """The demo detector (or ``model``) as the daemon runs it with tracking on (its default config): reporting down
-    to ``tracking.low``; at ``input_size`` (square), else the model's own."""
-    config = Config()
-    return Detector(model or demo_model_path(), SessionConfig(providers=("cpu",)), input_size=input_size,
-                    confidence=detection_floor(config.model.confidence, config.tracking.low), iou=config.model.iou)
+    """The detector the daemon makes from its default config with tracking on (reporting down to ``tracking.low``),
+    on the CPU: the demo model, or ``model``; at ``input_size`` (square), else the model's own."""
+    config = Config.model_validate({"model": {"path": str(model) if model else None, "input_size": input_size},
+                                    "inference": {"providers": ["cpu"]}})
+    return make_detector(config)
 
 
 def detect_scene(folder: Path, seed: int, frames: int, detector: Detector,
