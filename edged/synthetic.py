@@ -194,8 +194,8 @@ def render_scene(rng: np.random.Generator, width: int = FRAME_WIDTH, height: int
     (amodal) boxes; shapes less than MIN_TRAIN_VISIBILITY visible are left out of the scene."""
     image = render_background(rng, width, height)
     if crowded and rng.random() < crowded:
-        shapes = sorted((random_shape(rng, width, height) for _ in range(int(rng.integers(max_shapes, 2 * max_shapes + 1)))),
-                        key=lambda shape: -shape.size)
+        count = int(rng.integers(max_shapes, 2 * max_shapes + 1))
+        shapes = sorted((random_shape(rng, width, height) for _ in range(count)), key=lambda shape: -shape.size)
         shapes = [s for s, v in zip(shapes, visibility(shapes, width, height)) if v >= MIN_TRAIN_VISIBILITY]
     else:
         shapes = place_shapes(rng, int(rng.integers(0, max_shapes + 1)), width, height)
@@ -279,8 +279,8 @@ def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float 
 
     ``shapes`` (default: 30 to 50, drawn from the seed) of 16 to 96 px, of the three classes, that
     pass over each other, larger behind smaller (same-class crossings, and partial occlusion: a
-    shape is hidden only by smaller ones); each changes speed and direction now and then (stopping too), grows and shrinks,
-    and bounces off the frame's edges, or now and then leaves through one, when a new shape (a new
+    shape is hidden only by smaller ones); each changes speed and direction now and then (stopping
+    too), grows and shrinks, and bounces off the frame's edges, or now and then leaves through one, when a new shape (a new
     id) enters from an edge in its place. Boxes are whole (amodal) but clipped to the frame, and each
     frame's ``visibility`` gives the share of each shape that shows (0 to 1: the rest is behind
     others or outside the frame), so that an evaluation can leave out objects too hidden to be seen."""

@@ -388,7 +388,8 @@ def main() -> int:
         start_step = state["step"]
         print(f"resumed from {args.checkpoint} at step {start_step}", flush=True)
     sizes = (args.size - 96, args.size - 32, args.size, args.size, args.size, args.size + 64)
-    loader = torch.utils.data.DataLoader(SyntheticBatches(args.batch, sizes, args.seed + start_step, args.crowded), batch_size=None,
+    batches_source = SyntheticBatches(args.batch, sizes, args.seed + start_step, args.crowded)
+    loader = torch.utils.data.DataLoader(batches_source, batch_size=None,
                                          num_workers=args.workers, persistent_workers=args.workers > 0,
                                          prefetch_factor=4 if args.workers else None)
     model.train()

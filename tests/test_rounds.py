@@ -69,7 +69,8 @@ def test_rounds_rotate_and_reverse_the_order_and_compare_what_they_are_told(tmp_
     with tqdm(disable=True) as bar:
         rounds = run_rounds(cases, 4, float("inf"), bar, "test", compared=COMPARED)
     # Rotated, and every other round backwards: "on" follows "base", then "off", then "base", then "off".
-    assert [r.order for r in rounds] == [list(CASES), ["base", "off", "on"], ["off", "base", "on"], ["off", "on", "base"]]
+    assert [r.order for r in rounds] == [list(CASES), ["base", "off", "on"], ["off", "base", "on"],
+                                         ["off", "on", "base"]]
     assert ran == [name for r in rounds for name in r.order]
     assert all(r.accepted and r.ratios == {"on/base": 0.5, "off/base": 0.75, "on/off": 2 / 3} for r in rounds)
 
