@@ -87,9 +87,11 @@ def test_twenty_reloads_rebuild_only_what_changed_and_release_it(tmp_path: Path,
 
 def test_an_unchanged_reload_touches_nothing_and_a_file_carries_on(tmp_path: Path, broker: Broker,
                                                                    looping_clip: Path) -> None:
-    """Every frame of a file, in order, through a reload: the reader keeps its place (no restart at frame 0)."""
+    """Every frame of a file, in order, through a reload: the reader keeps its place (no restart at frame 0).
+    Without tracking, so that what is published is what the detector reports: with it, a confirmed track also
+    publishes its detections from ``tracking.low`` up (ByteTrack's second stage), below ``model.confidence``."""
     streams = [{"name": "a", "source": str(looping_clip), "loop": True, "max_fps": 30}]
-    config = write_config(tmp_path, broker, streams)
+    config = write_config(tmp_path, broker, streams, tracking={"enabled": False})
     with Subscriber(broker, f"{P}/#").start() as sub:
         daemon = Daemon(config)
         try:
