@@ -130,9 +130,10 @@ def contrasting_color(rng: np.random.Generator, background: np.ndarray) -> tuple
     return tuple(int(v) for v in np.where(mean > 127, 0, 255))
 
 
-def random_shape(rng: np.random.Generator, width: int, height: int, whole: bool = False) -> Shape:
-    """A random shape; unless ``whole``, one in ten may stick out of the frame."""
-    size = float(np.exp(rng.uniform(np.log(MIN_SIZE), np.log(MAX_SIZE))))  # log-uniform: as many small as large
+def random_shape(rng: np.random.Generator, width: int, height: int, whole: bool = False,
+                 sizes: tuple[float, float] = (MIN_SIZE, MAX_SIZE)) -> Shape:
+    """A random shape of ``sizes`` px; unless ``whole``, one in ten may stick out of the frame."""
+    size = float(np.exp(rng.uniform(*np.log(sizes))))  # log-uniform: as many small as large
     shape = Shape(int(rng.integers(len(LABELS))), 0.0, 0.0, size, float(rng.uniform(0, 2 * np.pi)), (0, 0, 0))
     margin = -size * 0.3 if not whole and rng.random() < 0.1 else shape.radius
     shape.cx = float(rng.uniform(margin, width - margin))
@@ -189,13 +190,18 @@ def render_scene(rng: np.random.Generator, width: int = FRAME_WIDTH, height: int
                  max_shapes: int = 12, crowded: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training image: (BGR uint8 image, boxes Nx4 float32 xyxy, class ids N int64).
 
-    With probability ``crowded``, a crowded scene instead: ``max_shapes`` to twice as many shapes that
-    may touch and hide each other, larger behind smaller (as in ``write_crowd_clip``), with whole
-    (amodal) boxes; shapes less than MIN_TRAIN_VISIBILITY visible are left out of the scene."""
+    With probability ``crowded``, a crowded scene instead, of shapes that may touch and hide each other,
+    larger behind smaller, with whole (amodal) boxes: half of them ``max_shapes`` to twice as many shapes
+    of any size, the other half a frame of a crowd clip (``write_crowd_clip``: CROWD_SHAPES shapes of
+    CROWD_SIZES px); shapes less than MIN_TRAIN_VISIBILITY visible are left out of the scene."""
     image = render_background(rng, width, height)
     if crowded and rng.random() < crowded:
-        count = int(rng.integers(max_shapes, 2 * max_shapes + 1))
-        shapes = sorted((random_shape(rng, width, height) for _ in range(count)), key=lambda shape: -shape.size)
+        if rng.random() < 0.5:
+            count, sizes = int(rng.integers(max_shapes, 2 * max_shapes + 1)), (MIN_SIZE, MAX_SIZE)
+        else:
+            count, sizes = int(rng.integers(CROWD_SHAPES[0], CROWD_SHAPES[1] + 1)), CROWD_SIZES
+        shapes = sorted((random_shape(rng, width, height, sizes=sizes) for _ in range(count)),
+                        key=lambda shape: -shape.size)
         shapes = [s for s, v in zip(shapes, visibility(shapes, width, height)) if v >= MIN_TRAIN_VISIBILITY]
     else:
         shapes = place_shapes(rng, int(rng.integers(0, max_shapes + 1)), width, height)
@@ -316,10 +322,8 @@ def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float 
 def _crowd_mover(rng: np.random.Generator, object_id: int, width: int, height: int, background: np.ndarray,
                  entering: bool = False) -> _Mover:
     """A crowd shape anywhere in the frame, or (``entering``) just outside an edge, moving in."""
-    size = float(np.exp(rng.uniform(*np.log(CROWD_SIZES))))
-    shape = Shape(int(rng.integers(len(LABELS))), 0.0, 0.0, size, float(rng.uniform(0, 2 * np.pi)), (0, 0, 0))
+    shape = random_shape(rng, width, height, whole=True, sizes=CROWD_SIZES)
     r = shape.radius
-    shape.cx, shape.cy = float(rng.uniform(r, width - r)), float(rng.uniform(r, height - r))
     vx, vy = _random_velocity(rng)
     if entering:
         edge = int(rng.integers(4))  # left, right, top, bottom

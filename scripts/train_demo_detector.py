@@ -376,7 +376,7 @@ def main() -> int:
           flush=True)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    warmup = min(300, args.steps // 10)
+    warmup = max(1, min(300, args.steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) * (
         0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(step, args.steps) / args.steps))))
     start_step = 0

@@ -13,16 +13,16 @@ from edged.config import Config
 from edged.evaluation import clear_mot
 from edged.synthetic import CROWD_SHAPES, write_crowd_clip
 from edged.tracking import Tracker
-from tests.tracking_scenes import SEEDS, Scene, default_detector, detect_scene, score_scene, total, track_scene
+from tests.tracking_scenes import GOALS, SEEDS, Scene, default_detector, detect_scene, score_scene, total, track_scene
 
 pytestmark = pytest.mark.slow
 
 FRAMES = 100  # a sixth of the benchmark's clips: ten seeds in about 20 s on 2 cores
-# What the demo detector and the tracker reach on these clips as committed (MOTA 0.822, IDF1 0.855, 0.49 switches
-# a track over the ten seeds' 100 frames), less a margin for the detector's last digits on other CPUs: a regression
-# bound, not issue 15's goals (MOTA and IDF1 >= 0.90, a switch per 20 tracks), which the detector's misses on
-# shapes that touch or hide each other keep out of reach (benchmarks/README.md).
-BOUNDS = {"mota": 0.79, "idf1": 0.83, "switches_per_track": 0.6}
+# Issue 15's goals for MOTA and IDF1 (GOALS) hold on these clips (as committed: MOTA 0.942, IDF1 0.951 over the ten
+# seeds' 100 frames). Its switch goal (a switch per 20 tracks) does not: 0.20 a track as committed, so the bound
+# on switches is a regression bound, with a margin for the detector's last digits on other CPUs
+# (benchmarks/README.md, bench_tracking_quality.py, says where the switches come from).
+SWITCHES_PER_TRACK = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,9 @@ def test_the_daemons_tracker_holds_identities_on_ten_crowd_clips(scenes: list[Sc
     print(f"all: MOTA {overall['mota']:.4f} IDF1 {overall['idf1']:.4f} {overall['id_switches']} switches, "
           f"{overall['gt_tracks']} tracks")
     assert len(scores) >= 10 and overall["gt_tracks"] >= 10 * CROWD_SHAPES[0]
-    assert overall["mota"] >= BOUNDS["mota"], overall
-    assert overall["idf1"] >= BOUNDS["idf1"], overall
-    assert overall["id_switches"] <= BOUNDS["switches_per_track"] * overall["gt_tracks"], overall
+    assert overall["mota"] >= GOALS["mota"], overall
+    assert overall["idf1"] >= GOALS["idf1"], overall
+    assert overall["id_switches"] <= SWITCHES_PER_TRACK * overall["gt_tracks"], overall
 
 
 def test_total_is_the_score_of_the_clips_together(scenes: list[Scene]) -> None:
