@@ -94,7 +94,8 @@ class Container:
         """``command`` inside the container (its namespaces, a clean environment plus ``env``)."""
         extra = [f"{key}={value}" for key, value in (env or {}).items()]
         result = subprocess.run(["nsenter", "-t", str(self.leader), "-a", "env", "-i", PATH, "LANG=C.UTF-8", *extra,
-                                 *command], capture_output=True, text=True, timeout=timeout, input=stdin)
+                                 *command], check=False, capture_output=True, text=True, timeout=timeout,
+                                input=stdin)
         if check and result.returncode:
             raise AssertionError(f"{' '.join(command)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
         return result

@@ -24,15 +24,17 @@ from edged.synthetic import write_clip
 from tests import nspawn
 from tests.broker import Broker, Subscriber
 from tests.conftest import REPO
-from tests.daemon import P, DEVICE, events
-from tests.rtsp import RtspServer, missing as rtsp_missing
+from tests.daemon import DEVICE, P, events
+from tests.rtsp import RtspServer
+from tests.rtsp import missing as rtsp_missing
 
 pytestmark = pytest.mark.slow
 
 SOURCE = "/opt/edged-src"  # the checkout, as install.sh is run from it
 MEDIA = "/srv/edged-test"  # the test clip, readable by the service user
 WHEELS = "/var/cache/edged-wheels"  # in the root: install.sh's pip installs from here, offline
-WATCHDOG_S = 4  # the test's drop-in (the unit's own is 30 s)
+WATCHDOG_S = 4  # the test's drop-in (the unit's own is 30 s, with RestartSec=5)
+RESTART_S = 1
 FIGURES: dict[str, float] = {}
 
 
@@ -76,7 +78,7 @@ def container(host: tuple[Broker, RtspServer | None, Path]) -> Iterator[nspawn.C
 def daemon_config(broker: Broker, camera: RtspServer | None, **extra: Any) -> str:
     streams = [{"name": "clip", "source": f"{MEDIA}/clip.mp4", "loop": True, "realtime": True, "max_fps": 10}]
     if camera:
-        streams.append({"name": "cam", "source": camera.url, "stall_s": 2})
+        streams.append({"name": "cam", "source": camera.url, "stall_s": 1})
     return yaml.safe_dump({"device_id": DEVICE, "mqtt": {"host": "127.0.0.1", "port": broker.port},
                            "streams": streams, "health": {"interval_s": 1}, **extra})
 
@@ -106,7 +108,8 @@ def test_start_reaches_ready_with_a_status_line(container: nspawn.Container,
                                                 host: tuple[Broker, RtspServer | None, Path]) -> None:
     broker, camera, _ = host
     container.write("/etc/edged/edged.yaml", daemon_config(broker, camera), mode="0640", owner="root:edged")
-    container.write("/etc/systemd/system/edged.service.d/test.conf", f"[Service]\nWatchdogSec={WATCHDOG_S}\n")
+    container.write("/etc/systemd/system/edged.service.d/test.conf",
+                    f"[Service]\nWatchdogSec={WATCHDOG_S}\nRestartSec={RESTART_S}\n")
     container.run("systemctl", "daemon-reload")
     with Subscriber(broker, f"{P}/#").start() as sub:
         started = time.monotonic()
