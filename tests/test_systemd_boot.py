@@ -223,7 +223,7 @@ def test_stop_publishes_offline_and_exits_in_time(container: nspawn.Container,
         container.run("systemctl", "stop", "edged", timeout=120)
         FIGURES["stop_s"] = time.monotonic() - started
         sub.wait_for(lambda: sub.payloads(f"{P}/status")[-1] == b"offline", timeout=10, what="offline")
-    state = container.show("edged", "ActiveState", "Result", "ExecMainStatus", "TimeoutStopUSec")
+    state = container.show("edged", "ActiveState", "Result", "ExecMainStatus")
     assert state["ActiveState"] == "inactive" and state["Result"] == "success" and state["ExecMainStatus"] == "0"
     print("\n" + ", ".join(f"{key} {value:.1f}" for key, value in FIGURES.items()))
-    assert FIGURES["stop_s"] < 10
+    assert FIGURES["stop_s"] < 10  # TimeoutStopSec is the default 90 s: SIGTERM alone ends it, well within
