@@ -37,7 +37,7 @@ fi
 
 started=$SECONDS
 if [ ! -x "$root/lib/systemd/systemd" ]; then
-    say "building a Debian bookworm root in $root (debootstrap, about 2 minutes)"
+    say "building a Debian bookworm root in $root (debootstrap, about a minute)"
     rm -rf "$root.partial"
     debootstrap --variant=minbase --include="$packages" --keyring=/usr/share/keyrings/debian-archive-keyring.gpg \
         bookworm "$root.partial" "$mirror" >"$root.log" 2>&1 \
@@ -52,8 +52,8 @@ fi
 
 want="$(cat "$src/pyproject.toml" "$0" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$root/.edged-wheels" 2>/dev/null)" != "$want" ]; then
-    say "building the wheelhouse of edged's dependencies in $root$wheels (pip, about 2 minutes)"
-    rm -rf "${root:?}$wheels"
+    say "building the wheelhouse of edged's dependencies in $root$wheels (pip, under a minute)"
+    rm -rf "${root:?}$wheels" "$root/.edged-wheels"  # no stamp until the wheelhouse is whole again
     # pip inside the root, so that the wheels fit its Python; the checkout is copied, since pip builds in the tree.
     # The host's CA bundle, for hosts that reach PyPI through a proxy of their own.
     systemd-nspawn --quiet --register=no --keep-unit -D "$root" --bind-ro="$src:/mnt/edged" --setenv=WHEELS="$wheels" \
