@@ -286,10 +286,11 @@ def write_crowd_clip(path: str | Path, seed: int, frames: int = 600, fps: float 
     ``shapes`` (default: 30 to 50, drawn from the seed) of 16 to 96 px, of the three classes, that
     pass over each other, larger behind smaller (same-class crossings, and partial occlusion: a
     shape is hidden only by smaller ones); each changes speed and direction now and then (stopping
-    too), grows and shrinks, and bounces off the frame's edges, or now and then leaves through one, when a new shape (a new
-    id) enters from an edge in its place. Boxes are whole (amodal) but clipped to the frame, and each
-    frame's ``visibility`` gives the share of each shape that shows (0 to 1: the rest is behind
-    others or outside the frame), so that an evaluation can leave out objects too hidden to be seen."""
+    too), grows and shrinks, and bounces off the frame's edges, or now and then leaves through one,
+    when a new shape (a new id) enters from an edge in its place. Boxes are whole (amodal) but clipped
+    to the frame, and each frame's ``visibility`` gives the share of each shape that shows (0 to 1: the
+    rest is behind others or outside the frame), so that an evaluation can leave out objects too
+    hidden to be seen."""
     rng = np.random.default_rng(seed)
     background = render_background(rng, width, height)
     count = int(rng.integers(CROWD_SHAPES[0], CROWD_SHAPES[1] + 1)) if shapes is None else shapes

@@ -43,8 +43,8 @@ if [ ! -x "$root/lib/systemd/systemd" ]; then
         bookworm "$root.partial" "$mirror" >"$root.log" 2>&1 \
         || die "debootstrap failed; its log: $root.log"
     # No console logins and nothing that waits for hardware: the tests reach the container with nsenter.
-    chroot "$root.partial" systemctl mask --quiet console-getty.service getty@.service systemd-networkd-wait-online.service \
-        apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer
+    chroot "$root.partial" systemctl mask --quiet console-getty.service getty@.service \
+        systemd-networkd-wait-online.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer
     echo edged-test > "$root.partial/etc/hostname"
     rm -f "$root.partial"/var/cache/apt/archives/*.deb
     mv "$root.partial" "$root"
@@ -60,12 +60,15 @@ if [ "$(cat "$root/.edged-wheels" 2>/dev/null)" != "$want" ]; then
         --bind-ro=/etc/ssl/certs/ca-certificates.crt:/mnt/host-ca.crt --setenv=PIP_CERT=/mnt/host-ca.crt \
         /bin/bash -euc '
             rm -rf /tmp/edged /tmp/pip-venv
-            mkdir /tmp/edged && cp -r /mnt/edged/pyproject.toml /mnt/edged/README.md /mnt/edged/edged /mnt/edged/models /tmp/edged/
+            mkdir /tmp/edged
+            cp -r /mnt/edged/pyproject.toml /mnt/edged/README.md /mnt/edged/edged /mnt/edged/models /tmp/edged/
             python3 -m venv /tmp/pip-venv
             /tmp/pip-venv/bin/pip install -q --disable-pip-version-check --upgrade pip
-            /tmp/pip-venv/bin/pip wheel -q --disable-pip-version-check -w "$WHEELS" "/tmp/edged[systemd]" pip setuptools wheel
+            /tmp/pip-venv/bin/pip wheel -q --disable-pip-version-check -w "$WHEELS" "/tmp/edged[systemd]" \
+                pip setuptools wheel
             rm -f "$WHEELS"/edged-*.whl
-            rm -rf /tmp/edged /tmp/pip-venv' >"$root.log" 2>&1 || die "the wheelhouse build failed; its log: $root.log"
+            rm -rf /tmp/edged /tmp/pip-venv' >"$root.log" 2>&1 \
+        || die "the wheelhouse build failed; its log: $root.log"
     echo "$want" > "$root/.edged-wheels"
 fi
 say "ready: $root ($(du -sh "$root" | cut -f1), $((SECONDS - started)) s)"
