@@ -1,6 +1,11 @@
 """A Debian root (scripts/systemd-test-root.sh) booted with systemd as PID 1 under systemd-nspawn, for the tests
 that run edged under a real systemd; commands run inside it through nsenter (no machined needed on the host).
 
+The container's systemd gets the cgroup hierarchy that holds this host's memory controller, so that MemoryMax= takes
+effect there: the unified one (cgroup v2, nspawn's default) where the host's v2 has it, else the legacy one (cgroup
+v1, as on a hybrid host such as Jetson L4T 35). nspawn mounts v1 controllers read-only inside the container; the
+memory controller's mount is made writable and systemd re-executed, which is what a host's own systemd has.
+
 The root is booted with ``--volatile=overlay``: every boot starts from the root as built, and what the tests write
 (the venv install.sh makes, /etc/edged) lives in memory and goes with the container. The container shares the
 host's network, so the daemon inside reaches the tests' broker and RTSP camera on the host's loopback.
@@ -29,6 +34,18 @@ def missing(root: Path = DEFAULT_ROOT) -> str:
     if not (root / "lib/systemd/systemd").exists() or not (root / ".edged-wheels").exists():
         return f"no test root at {root}: build it with sudo bash scripts/systemd-test-root.sh"
     return ""
+
+
+def host_memory_hierarchy() -> str | None:
+    """Where this host's memory controller is: "v2", "v1" or None (none mounted)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        hierarchy, controllers, _ = line.split(":", 2)
+        if hierarchy != "0" and "memory" in controllers.split(","):
+            return "v1"
+    for unified in (Path("/sys/fs/cgroup/cgroup.controllers"), Path("/sys/fs/cgroup/unified/cgroup.controllers")):
+        if unified.exists() and "memory" in unified.read_text().split():
+            return "v2"
+    return None
 
 
 def _children(pid: int) -> list[int]:
@@ -66,14 +83,17 @@ class Container:
         self.binds = [f"--bind={host}:{inside}" for host, inside in (binds or {}).items()]
         self.process: subprocess.Popen[bytes] | None = None
         self.leader = 0  # the container's PID 1 (systemd), as the host sees it
+        self.memory_hierarchy = host_memory_hierarchy()
 
     def start(self, timeout: float = 60.0) -> Container:
         self._log = self.log_path.open("wb")
+        environment = dict(os.environ, SYSTEMD_NSPAWN_UNIFIED_HIERARCHY="0" if self.memory_hierarchy == "v1" else "1")
         # --keep-unit and --register=no: no scope or registration through the host's systemd (it may have none).
         self.process = subprocess.Popen(
             ["systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit", "--volatile=overlay",
              f"--machine={self.name}", "-D", str(self.root), *self.binds],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=environment)
         deadline = time.monotonic() + timeout
         while not self.leader:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -84,10 +104,19 @@ class Container:
         while True:
             state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
             if state in ("running", "degraded"):
+                if self.memory_hierarchy == "v1":
+                    self._delegate_v1_memory()
                 return self
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the container's systemd is {state!r} after {timeout} s: {self.log()}")
             time.sleep(0.2)
+
+    def _delegate_v1_memory(self) -> None:
+        # A bind remount changes only the container's view of the mount; systemd decides at start which
+        # controllers it can use, hence the re-exec.
+        subprocess.run(["nsenter", "-t", str(self.leader), "-m", "mount", "-o", "remount,bind,rw,nosuid,nodev,noexec",
+                        "/sys/fs/cgroup/memory"], check=True, capture_output=True)
+        self.run("systemctl", "daemon-reexec")
 
     def run(self, *command: str, check: bool = True, timeout: float = 60.0, env: dict[str, str] | None = None,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:

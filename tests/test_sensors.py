@@ -208,6 +208,29 @@ def test_cgroup_limited_container(sysfs: Path) -> None:
     assert Sensors(sysfs).sample()["cgroup"] is None
 
 
+def test_cgroup_v1_memory_controller_on_a_hybrid_host(sysfs: Path) -> None:
+    """Jetson L4T 35 and other hybrid hosts: the memory controller is on cgroup v1, and systemd applies
+    MemoryMax= there as memory.limit_in_bytes; the unified hierarchy has no memory files."""
+    unit = "system.slice/edged.service"
+    write(sysfs, "proc/self/cgroup", f"12:pids:/{unit}\n4:memory:/{unit}\n1:name=systemd:/{unit}\n0::/{unit}\n")
+    write(sysfs, f"sys/fs/cgroup/unified/{unit}/cgroup.procs", "1\n")
+    write(sysfs, f"sys/fs/cgroup/memory/{unit}/memory.limit_in_bytes", "734003200\n")
+    write(sysfs, f"sys/fs/cgroup/memory/{unit}/memory.usage_in_bytes", "400000000\n")
+    sample = Sensors(sysfs).sample()
+    assert sample["cgroup"] == {"limit_mb": 700.0, "current_mb": 381.5, "headroom_mb": 318.5}
+    assert (sample["memory_available_mb"], sample["memory_counts"]) == (318.5, "cgroup")
+    described = {path for _, path, _ in Sensors(sysfs).describe()}
+    assert f"sys/fs/cgroup/memory/{unit}/memory.limit_in_bytes" in described
+
+    write(sysfs, f"sys/fs/cgroup/memory/{unit}/memory.limit_in_bytes", "9223372036854771712\n")  # v1's "no limit"
+    sample = Sensors(sysfs).sample()
+    assert sample["cgroup"] == {"limit_mb": None, "current_mb": 381.5, "headroom_mb": None}
+    assert sample["memory_counts"] == "meminfo"
+
+    write(sysfs, "proc/self/cgroup", "4:memory:/\n0::/\n")  # the root cgroup: v1's files count the whole host
+    assert Sensors(sysfs).sample()["cgroup"] is None
+
+
 def test_a_host_without_any_sensor(tmp_path: Path) -> None:
     nothing = {"cpu_percent": None, "cpu_throttled": None, "cpu_freq": None, "temperatures_c": {},
                "memory_available_mb": None, "memory_counts": None, "meminfo_available_mb": None,

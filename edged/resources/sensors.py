@@ -196,21 +196,47 @@ def _memory(tree: _Tree) -> dict[str, Any]:
             "memory_pressure_full": _pressure(tree, "full")}
 
 
+# cgroup v1 writes "no limit" as the largest page-aligned long (9223372036854771712 with 4 KiB pages).
+V1_UNLIMITED_BYTES = 2 ** 60
+
+
 def _cgroup(tree: _Tree) -> dict[str, float | None] | None:
-    """This process's cgroup v2 memory limit ("max": none), use and headroom, MB; None outside cgroup v2 or in
-    the root cgroup (which has neither file)."""
-    path = next((line[3:].strip() for line in (tree.text("proc/self/cgroup") or "").splitlines()
-                 if line.startswith("0::")), None)
-    if path is None:
-        return None
-    folder = f"sys/fs/cgroup/{path.strip('/')}".rstrip("/")
-    current = tree.number(f"{folder}/memory.current", 1024 * 1024, "cgroup memory.current MB")
-    unlimited = (tree.text(f"{folder}/memory.max") or "").strip() == "max"
-    if unlimited:
-        tree.note("cgroup memory.max", f"{folder}/memory.max", "max")
-    limit = None if unlimited else tree.number(f"{folder}/memory.max", 1024 * 1024, "cgroup memory.max MB")
-    if not unlimited and limit is None and current is None:
-        return None
+    """This process's cgroup memory limit (None: none), use and headroom, MB: cgroup v2's memory.max and
+    memory.current, else, where the memory controller is on cgroup v1 (hybrid hosts such as Jetson L4T 35, where
+    systemd applies MemoryMax= as memory.limit_in_bytes), v1's limit_in_bytes and usage_in_bytes. None where
+    neither is found, and in the root cgroup (v2 has neither file there; v1's count the whole host)."""
+    v2_path = v1_path = None
+    for line in (tree.text("proc/self/cgroup") or "").splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and not controllers:
+            v2_path = path.strip().strip("/")
+        elif "memory" in controllers.split(","):
+            v1_path = path.strip().strip("/")
+    if v2_path is not None:
+        folder = f"sys/fs/cgroup/{v2_path}".rstrip("/")
+        current = tree.number(f"{folder}/memory.current", 1024 * 1024, "cgroup memory.current MB")
+        unlimited = (tree.text(f"{folder}/memory.max") or "").strip() == "max"
+        if unlimited:
+            tree.note("cgroup memory.max", f"{folder}/memory.max", "max")
+        limit = None if unlimited else tree.number(f"{folder}/memory.max", 1024 * 1024, "cgroup memory.max MB")
+        if unlimited or limit is not None or current is not None:
+            return _headroom(limit, current)
+    if v1_path:  # "" is the root cgroup
+        folder = f"sys/fs/cgroup/memory/{v1_path}"
+        current = tree.number(f"{folder}/memory.usage_in_bytes", 1024 * 1024, "cgroup v1 memory.usage_in_bytes MB")
+        limit = tree.number(f"{folder}/memory.limit_in_bytes", 1024 * 1024)
+        if limit is not None and limit >= V1_UNLIMITED_BYTES / (1024 * 1024):
+            tree.note("cgroup v1 memory.limit_in_bytes", f"{folder}/memory.limit_in_bytes", "max")
+            limit = None
+        elif limit is not None:
+            tree.note("cgroup v1 memory.limit_in_bytes MB", f"{folder}/memory.limit_in_bytes", limit)
+        if limit is not None or current is not None:
+            return _headroom(limit, current)
+    return None
+
+
+def _headroom(limit: float | None, current: float | None) -> dict[str, float | None]:
     headroom = round(max(limit - current, 0.0), 1) if limit is not None and current is not None else None
     return {"limit_mb": limit, "current_mb": current, "headroom_mb": headroom}
 
