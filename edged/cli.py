@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
                                           "/etc/edged/edged.yaml, else the bundled demo config. SIGTERM/SIGINT stop "
                                           "it cleanly (exit 0); SIGHUP reloads the config file.")
     run.add_argument("-c", "--config", type=Path, default=None, help="config file (YAML)")
+    run.add_argument("--record", type=Path, default=None, metavar="DIR",
+                     help="record every stream's frames, boxes and detections to MCAP files in DIR, whatever "
+                          "foxglove.mcap says (its size limits apply)")
     run.set_defaults(handler=cmd_run)
 
     check = commands.add_parser("check-config", parents=[common], help="validate a config and print it",
@@ -314,14 +317,17 @@ def _load(path_arg: Path | None):  # -> (Config, Path | None)
 def cmd_run(args: argparse.Namespace) -> int:
     from edged.daemon import Daemon
     from edged.preflight import check_runtime
+    from edged.recording import folder_problem
 
     signals = args.signals or SignalLatch().install()
     config, path = _load(args.config)
     check_runtime(config, str(path) if path else None)  # what check-config rejects, run rejects: exit 2
+    if args.record is not None and (problem := folder_problem(args.record)):
+        raise ConfigError([f"--record: {problem}"])
     if signals.stop.is_set():  # SIGTERM/SIGINT while starting: nothing to undo yet
         log.info("stop requested during start-up: exiting")
         return 0
-    return Daemon(config, path, signals).run()
+    return Daemon(config, path, signals, args.record).run()
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

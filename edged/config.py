@@ -230,6 +230,34 @@ class RemoteConfigSettings(Section):
         return groups
 
 
+class FoxgloveServerSettings(Section):
+    enabled: bool = False  # the live view: a Foxglove WebSocket server (ws://host:port)
+    host: str = "127.0.0.1"  # loopback: reach it over an SSH tunnel, or set 0.0.0.0 on a trusted network
+    port: int = Field(8765, ge=1, le=65535)
+
+
+class McapSettings(Section):
+    enabled: bool = False  # record the live view's channels to MCAP files
+    dir: Path = Path("/var/lib/edged/recordings")
+    max_file_mb: float = Field(256, gt=0)  # a new file past this size
+    max_total_mb: float = Field(4096, gt=0)  # the oldest files are deleted past this total
+
+    @model_validator(mode="after")
+    def _total_holds_a_file(self) -> McapSettings:
+        if self.max_total_mb < self.max_file_mb:
+            raise ValueError(f"max_total_mb ({self.max_total_mb:g}) is smaller than max_file_mb "
+                             f"({self.max_file_mb:g})")
+        return self
+
+
+class FoxgloveSettings(Section):
+    server: FoxgloveServerSettings = FoxgloveServerSettings()
+    mcap: McapSettings = McapSettings()
+    max_fps: float = Field(5, gt=0, le=120)  # images and annotations a stream, at most
+    image_format: Literal["jpeg", "png"] = "jpeg"  # png: lossless (exact replays), larger and slower
+    jpeg_quality: int = Field(80, ge=1, le=100)
+
+
 class Config(Section):
     device_id: str = Field(default_factory=socket.gethostname, pattern=r"^[^+#/\s]+$")
     mqtt: MqttSettings = MqttSettings()
@@ -243,6 +271,7 @@ class Config(Section):
     home_assistant: HomeAssistantSettings = HomeAssistantSettings()
     health: HealthSettings = HealthSettings()
     remote_config: RemoteConfigSettings = RemoteConfigSettings()
+    foxglove: FoxgloveSettings = FoxgloveSettings()
 
     @field_validator("streams")
     @classmethod

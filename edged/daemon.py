@@ -19,6 +19,7 @@ from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
 from edged.health import RollingWindow, rounded
 from edged.inference.detector import Detector
+from edged.live_view import LiveView
 from edged.bench import Variant
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.errors import EdgedError
@@ -81,7 +82,9 @@ def _label(model: dict[str, Any]) -> str:
 
 
 class Daemon:
-    def __init__(self, config: Config, config_file: Path | None, signals: SignalLatch | None = None):
+    def __init__(self, config: Config, config_file: Path | None, signals: SignalLatch | None = None,
+                 record_dir: Path | None = None):
+        """``record_dir``: edged run --record DIR (recording on, in DIR, whatever the config says)."""
         self.config = config  # the file's; run() applies the persisted config pushes over it
         self.config_file = config_file
         self.signals = signals or SignalLatch()
@@ -98,6 +101,8 @@ class Daemon:
         self._next_track_id: dict[str, int] = {}  # the same for track ids: unique per stream for the daemon's life
         self.snapshots = SnapshotEncoder(lambda: self.mqtt)
         self.home_assistant = HomeAssistant(lambda: self.mqtt)
+        self.record_dir = record_dir
+        self.live_view: LiveView | None = None  # with the live view or a recording on
         self._ready = False
         self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
         self._states: list[str] = []
@@ -145,10 +150,27 @@ class Daemon:
         if detector is None:
             return False
         self._use_detector(detector)
+        self._start_live_view()
         for settings in self.config.streams:
             self._start_stream(settings)
         self._start_resources()
         return True
+
+    def _start_live_view(self) -> None:
+        """The live view and recording the config (or --record) asks for; what cannot start is an error event,
+        and the daemon serves MQTT without it."""
+        view = LiveView(self.config.foxglove, self.device_id, self.record_dir)
+        if not view.enabled:
+            self.live_view = None
+            return
+        self.live_view = view
+        for problem in view.start():
+            self._event("error", f"Live view: {problem}.", errors=[problem])
+
+    def _stop_live_view(self) -> None:
+        if self.live_view is not None:
+            self.live_view.stop()
+            self.live_view = None
 
     def _housekeeping(self, now: float) -> None:
         """Each tick: stalls, READY, STATUS, the watchdog, health."""
@@ -304,9 +326,10 @@ class Daemon:
             tracker = Tracker.from_config(self.config, self._next_track_id.get(settings.name, 1))
             objects = StreamObjects(settings.name, tracker, self.config, lambda: self.mqtt, self._event,
                                     self.snapshots)
+        live_view = self.live_view.sink(settings.name) if self.live_view is not None else None
         self.runners[settings.name] = runner = StreamRunner(
             settings, self.detector, lambda: self.mqtt, self.device_id, self._next_seq.get(settings.name, 0),
-            self._on_stream_state, tracker, objects)
+            self._on_stream_state, tracker, objects, live_view)
         if self.resources is not None:
             self._cap(runner, self.resources.governor.fps_halvings)
             runner.shed_memory(self.resources.shedding)
@@ -330,6 +353,7 @@ class Daemon:
         log.info("stopping: finishing frames in flight")
         self.notifier.stopping()
         self._stop_streams(list(self.runners))
+        self._stop_live_view()
         self.snapshots.stop()
         assert self.mqtt is not None
         self.mqtt.stop(FLUSH_S)
@@ -408,11 +432,17 @@ class Daemon:
     def _commit(self, plan: Plan, new: Config, detector: Detector, restart_resources: bool) -> None:
         """Make ``new`` the running config: what ``plan`` says, with ``detector`` serving."""
         self.config = new
-        self._stop_streams(list(plan.streams_removed + plan.streams_restarted))
+        restarted = list(plan.streams_restarted)
+        if "foxglove" in plan.in_place:  # a new live view: every stream restarts with its sink there
+            restarted = [name for name in self.runners if name not in plan.streams_removed]
+        self._stop_streams(list(plan.streams_removed) + restarted)
+        if "foxglove" in plan.in_place:
+            self._stop_live_view()
+            self._start_live_view()
         if detector is not self.detector:
             self._use_detector(detector)
         streams = {s.name: s for s in new.streams}
-        for name in plan.streams_restarted + plan.streams_added:
+        for name in restarted + [name for name in plan.streams_added if name not in restarted]:
             self._start_stream(streams[name])
         if restart_resources:
             self._start_resources()
@@ -492,6 +522,8 @@ class Daemon:
             mqtt=self.mqtt.stats(),
         )
         self.mqtt.set_retained(self.mqtt.topic("health"), message)
+        if self.live_view is not None:
+            self.live_view.health(message)
 
     def _status_line(self) -> str:
         parts = [f"{r.name} {r.reader.state} {r.reader.fps_out:.1f} fps" for r in self.runners.values()]

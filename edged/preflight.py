@@ -18,6 +18,7 @@ from edged.errors import ModelError
 from edged.inference.detector import (FamilyMismatch, ModelInfo, choose_family, load_labels, parse_names,
                                       read_model_info, resolve_input_size, static_input_size)
 from edged.mqtt import tls_context
+from edged.recording import folder_problem
 from edged.remote.push import read_key
 
 DEFAULT_STRIDE = 32
@@ -33,6 +34,8 @@ def check_runtime(config: Config, source: str | None = None) -> None:
     _check_model(config.model, problems)
     _check_mqtt_files(config.mqtt, problems)
     _check_remote_files(config.remote_config, problems)
+    if config.foxglove.mcap.enabled and (problem := folder_problem(config.foxglove.mcap.dir)):
+        problems.append(("foxglove.mcap.dir", problem))
     if problems:
         prefix = f"{source}: " if source else ""
         raise ConfigError([f"{prefix}{key}: {reason}" for key, reason in problems])

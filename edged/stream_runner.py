@@ -46,8 +46,9 @@ class StreamRunner:
 
     def __init__(self, settings: StreamSettings, detector: Detector, mqtt: Callable[[], MqttClient], device_id: str,
                  seq: int, on_state: Callable[[str, str, str], None], tracker: Tracker | None = None,
-                 objects: StreamObjects | None = None):
-        """``tracker`` and ``objects``: with tracking, the stream's tracker, and what publishes its objects."""
+                 objects: StreamObjects | None = None, live_view: Sink | None = None):
+        """``tracker`` and ``objects``: with tracking, the stream's tracker, and what publishes its objects;
+        ``live_view``: the stream's sink of the live view and recording (edged.live_view)."""
         self.name = settings.name
         self.settings = settings
         self.reader = StreamReader(settings.name, str(settings.source), realtime=settings.realtime,
@@ -55,7 +56,8 @@ class StreamRunner:
                                    stall_s=settings.stall_s, backoff_max_s=settings.reconnect_max_s)
         self._report_state = on_state
         self.objects = objects
-        sinks: list[Sink] = [MqttSink(mqtt, settings.name), self, *([objects] if objects else [])]
+        sinks: list[Sink] = [MqttSink(mqtt, settings.name), self, *([objects] if objects else []),
+                             *([live_view] if live_view else [])]
         self.pipeline = Pipeline(detector, settings.name, sinks, device_id, seq, tracker)
         self.latency = RollingWindow()
         self.inference_ms = RollingWindow()

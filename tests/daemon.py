@@ -26,10 +26,10 @@ P = f"edged/{DEVICE}"
 class Daemon:
     """``python -m edged run -c CONFIG`` with its log in a file."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None):
+    def __init__(self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()):
         self.log_path = config.with_suffix(".log")
         self._log = self.log_path.open("w")
-        self.process = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(config)], cwd=REPO,
+        self.process = subprocess.Popen([sys.executable, "-m", "edged", "run", "-c", str(config), *args], cwd=REPO,
                                         stdout=self._log, stderr=subprocess.STDOUT,
                                         env=dict(os.environ, PYTHONUNBUFFERED="1", **(env or {})))
 

@@ -53,7 +53,8 @@ def _paths(config: Config) -> Iterator[tuple[str, Path]]:
         ("mqtt.tls.cert_file", tls.cert_file), ("mqtt.tls.key_file", tls.key_file),
         ("remote_config.hmac_key_file", config.remote_config.hmac_key_file),
         ("remote_config.state_dir", config.remote_config.state_dir),
-        ("inference.tensorrt.cache_dir", config.inference.tensorrt.cache_dir)]
+        ("inference.tensorrt.cache_dir", config.inference.tensorrt.cache_dir),
+        ("foxglove.mcap.dir", config.foxglove.mcap.dir)]
     for index, stream in enumerate(config.streams):
         if isinstance(stream.source, str) and source_kind(stream.source) in FILE_KINDS:
             named.append((f"streams[{index}].source", Path(stream.source)))
