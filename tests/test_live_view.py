@@ -7,6 +7,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import threading
@@ -38,10 +39,10 @@ SCREENSHOT = REPO / "docs" / "live-view.png"
 
 class FoxgloveClient:
     """A WebSocket client of the Foxglove protocol, in a thread: subscribes to topics as they are advertised and
-    keeps what arrives, (topic, log time ns, decoded message)."""
+    keeps what arrives, (topic, log time ns, decoded message; the raw bytes with ``decode=False``)."""
 
-    def __init__(self, url: str, topics: list[str]):
-        self.url, self.topics = url, topics
+    def __init__(self, url: str, topics: list[str], decode: bool = True):
+        self.url, self.topics, self.decode = url, topics, decode
         self.received: list[tuple[str, int, Any]] = []
         self.advertised: dict[str, dict[str, Any]] = {}
         self._classes: dict[int, tuple[str, Any]] = {}
@@ -58,6 +59,8 @@ class FoxgloveClient:
         self._thread.join(10)
 
     def _decoder(self, channel: dict[str, Any]) -> Any:
+        if not self.decode:
+            return bytes
         if channel["encoding"] == "json":
             return json.loads
         files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(channel["schema"]))
@@ -86,7 +89,7 @@ class FoxgloveClient:
                     elif data[0] == 1:  # message data: op, subscription id, log time (ns), payload
                         _, subscription, log_time = struct.unpack_from("<BIQ", data)
                         topic, decode = self._classes[subscription]
-                        self.received.append((topic, log_time, decode(bytes(data[13:]))))
+                        self.received.append((topic, log_time, decode(data[13:])))
         except BaseException as exc:  # reported by the test
             self.error = exc
 
@@ -292,3 +295,27 @@ def test_an_unwritable_recording_folder_is_refused_at_start(broker: Broker, clip
     plain = write_config(tmp_path, broker, [{"name": STREAM, "source": str(clip)}])
     result = run_edged("run", "-c", plain, "--record", blocked / "rec")
     assert result.returncode == 2 and "--record:" in result.stderr, result.stderr
+
+
+def test_a_reload_turns_the_live_view_on(broker: Broker, clip: Path, tmp_path: Path) -> None:
+    port = free_port()
+    streams = [{"name": STREAM, "source": str(clip), "realtime": True, "loop": True, "max_fps": 10}]
+    config = write_config(tmp_path, broker, streams)
+    with Subscriber(broker, f"{P}/#").start() as sub:
+        daemon = Daemon(config)
+        try:
+            sub.wait_for(lambda: detections(sub, STREAM), timeout=60, what="the first detections")
+            write_config(tmp_path, broker, streams, foxglove={"server": {"enabled": True, "port": port}})
+            daemon.send(signal.SIGHUP)
+            sub.wait_for(lambda: events(sub, "config_applied"), timeout=30, what="config_applied")
+            with FoxgloveClient(f"ws://127.0.0.1:{port}", [f"/{STREAM}/image"]) as client:
+                sub.wait_for(lambda: len(client.of(f"/{STREAM}/image")) >= 3 or client.error, timeout=30,
+                             what="images over WebSocket")
+            assert client.error is None, client.error
+            assert daemon.stop(10) == 0
+        finally:
+            daemon.kill()
+    assert "applied in place: foxglove" in events(sub, "config_applied")[-1]["detail"]
+    images = client.of(f"/{STREAM}/image")
+    stamps = [t2 - t1 for (t1, _), (t2, _) in zip(images, images[1:])]
+    assert min(stamps) >= 0.2e9 - 5e6  # foxglove.max_fps 5 of a 10 fps stream: every other frame

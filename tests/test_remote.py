@@ -135,6 +135,8 @@ def test_pushed_paths_stay_inside_the_allowed_folders(tmp_path: Path) -> None:
     assert check({"model": {"labels": str(outside / "labels.txt")}})[0].endswith(f"({root})")
     assert "'..' refused" in check({"model": {"labels": "sub/../labels.txt"}})[0]
     assert check({"streams": [{"name": "v", "source": str(outside / "clip.mp4")}]})[0].startswith("streams[0]")
+    assert check({"foxglove": {"mcap": {"dir": str(outside)}}})[0].startswith("foxglove.mcap.dir: ")
+    assert check({"foxglove": {"mcap": {"dir": str(root / "recordings")}}}) == []
 
 
 def test_state_is_written_in_two_phases_and_set_aside_when_unusable(tmp_path: Path) -> None:
