@@ -12,7 +12,7 @@ from typing import Sequence
 from edged import __version__
 from edged.demo import demo_model_path
 from edged.config import ConfigError, MqttSettings, validate
-from edged.errors import EdgedError, ModelError
+from edged.errors import EdgedError, InputError, ModelError
 from edged.inference.detector import Detector, read_model_info
 from edged.inference.session import PRECISIONS, PROVIDERS, SessionConfig
 from edged.logs import setup_logging
@@ -21,7 +21,7 @@ from edged.signals import SignalLatch
 log = logging.getLogger("edged.cli")
 
 EXIT_ERROR = 1
-EXIT_CONFIG = 2  # the contract's exit code for an invalid config
+EXIT_CONFIG = 2  # the contract's exit code for an invalid config (and an input file a command cannot read)
 SENSORS_CPU_WINDOW_S = 0.5
 TRACK_LOW = 0.1  # edged detect --track: ByteTrack's second-stage score, as tracking.low defaults to
 
@@ -125,6 +125,26 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--stream", default=None, help="stream name in the messages (default: from the source)")
     detect.add_argument("--device-id", default=None, help="device_id in the messages (default: the hostname)")
     detect.set_defaults(handler=cmd_detect)
+
+    replay = commands.add_parser(
+        "replay", parents=[common], help="a recording's frames through a model again, compared with the recording",
+        description="Feed the frames of an MCAP recording (edged run --record, foxglove.mcap) through the pipeline "
+                    "with a model and thresholds: JSON lines of detections messages to --out (stdout without "
+                    "--out or --compare); with --compare, a table of how they differ from the recorded ones, per "
+                    "class (matched, new, lost) and the mAP@0.5 of the new against the recorded. Exit 2 for a "
+                    "file that is not a whole MCAP recording with image channels.")
+    replay.add_argument("recording", type=Path, metavar="FILE.mcap")
+    _add_model_options(replay)
+    replay.add_argument("--out", type=Path, default=None, help="write the JSON lines to this file")
+    replay.add_argument("--compare", action="store_true", help="print how the new detections differ from the "
+                                                               "recorded ones")
+    replay.add_argument("--compare-json", type=Path, default=None, metavar="FILE",
+                        help="with --compare: the comparison as JSON too")
+    replay.add_argument("--match-iou", type=float, default=0.5,
+                        help="with --compare: IoU from which a new detection matches a recorded one of its class "
+                             "(default 0.5)")
+    replay.add_argument("--stream", default=None, help="only this stream (default: every image stream)")
+    replay.set_defaults(handler=cmd_replay)
 
     run = commands.add_parser("run", parents=[common], help="the daemon",
                               description="Run the daemon. Config from -c, else $EDGED_CONFIG, else "
@@ -302,6 +322,50 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from collections.abc import Iterator
+    from typing import Any
+
+    from tqdm import tqdm
+
+    from edged.pipeline import Pipeline
+    from edged.replay import CompareSink, Comparison, Recording
+    from edged.sinks import JsonLinesSink
+    from edged.sources import Frame
+
+    recording = Recording.open(args.recording)
+    if args.stream is not None and args.stream not in recording.streams:
+        recording.close()
+        raise InputError(f"{args.recording}: no stream {args.stream!r}; its streams: {', '.join(recording.streams)}")
+    detector = make_detector(args)
+    out_file = args.out.open("w") if args.out else None
+    comparison = Comparison(match_iou=args.match_iou)
+    try:
+        for stream in [args.stream] if args.stream else recording.streams:
+            recorded: dict[float, Any] = {}
+            sinks: list[Any] = []
+            if out_file or not args.compare:
+                sinks.append(JsonLinesSink(out_file or sys.stdout))
+            if args.compare:
+                sinks.append(CompareSink(comparison, recorded))
+
+            def frames(stream: str = stream, recorded: dict[float, Any] = recorded) -> Iterator[Frame]:
+                for frame, message in tqdm(recording.frames(stream), desc=f"replay {stream}", unit="frame",
+                                           disable=None, leave=False):
+                    recorded[frame.ts_capture] = message
+                    yield frame
+            Pipeline(detector, stream, sinks, "replay").run(frames())
+    finally:
+        recording.close()
+        if out_file:
+            out_file.close()
+    if args.compare:
+        print(comparison.table())
+        if args.compare_json:
+            args.compare_json.write_text(json.dumps(comparison.to_json(), indent=2) + "\n")
+    return 0
+
+
 def _load(path_arg: Path | None):  # -> (Config, Path | None)
     from edged.config import config_path, load_config
 
@@ -475,6 +539,9 @@ def main(argv: Sequence[str] | None = None, signals: SignalLatch | None = None) 
     except ConfigError as exc:
         for line in exc.errors:
             print(f"edged: config error: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except InputError as exc:
+        print(f"edged: error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except EdgedError as exc:
         print(f"edged: error: {exc}", file=sys.stderr)

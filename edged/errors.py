@@ -11,3 +11,7 @@ class ModelError(EdgedError):
 
 class SourceError(EdgedError):
     """A video, image or camera source cannot be opened or read."""
+
+
+class InputError(EdgedError):
+    """A file given on the command line is not what the command reads (the CLI exits 2, as for a bad config)."""
