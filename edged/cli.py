@@ -62,6 +62,17 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    problem = argparse.ArgumentTypeError(f"{text!r}: expected a number above 0, at most 1")
+    try:
+        value = float(text)
+    except ValueError:
+        raise problem from None
+    if not 0 < value <= 1:  # NaN too
+        raise problem
+    return value
+
+
 def _topic_level(text: str) -> str:
     """A device id or group name: one level of an MQTT topic."""
     if not text or any(c in text for c in "/+#\0"):
@@ -135,12 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "file that is not a whole MCAP recording with image channels.")
     replay.add_argument("recording", type=Path, metavar="FILE.mcap")
     _add_model_options(replay)
-    replay.add_argument("--out", type=Path, default=None, help="write the JSON lines to this file")
+    replay.add_argument("--out", type=Path, default=None, metavar="FILE.jsonl",
+                        help="write the JSON lines to this file")
     replay.add_argument("--compare", action="store_true", help="print how the new detections differ from the "
                                                                "recorded ones")
     replay.add_argument("--compare-json", type=Path, default=None, metavar="FILE",
-                        help="with --compare: the comparison as JSON too")
-    replay.add_argument("--match-iou", type=float, default=0.5,
+                        help="the comparison as JSON too (implies --compare)")
+    replay.add_argument("--match-iou", type=_fraction, default=0.5, metavar="IOU",
                         help="with --compare: IoU from which a new detection matches a recorded one of its class "
                              "(default 0.5)")
     replay.add_argument("--stream", default=None, help="only this stream (default: every image stream)")
@@ -333,37 +345,48 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from edged.sinks import JsonLinesSink
     from edged.sources import Frame
 
+    compare = args.compare or args.compare_json is not None
     recording = Recording.open(args.recording)
-    if args.stream is not None and args.stream not in recording.streams:
-        recording.close()
-        raise InputError(f"{args.recording}: no stream {args.stream!r}; its streams: {', '.join(recording.streams)}")
-    detector = make_detector(args)
-    out_file = args.out.open("w") if args.out else None
-    comparison = Comparison(match_iou=args.match_iou)
+    out_file = json_file = None
     try:
+        if args.stream is not None and args.stream not in recording.streams:
+            raise InputError(f"{args.recording}: no stream {args.stream!r}; its streams: "
+                             f"{', '.join(recording.streams)}")
+        out_file = _open_output(args.out) if args.out else None
+        json_file = _open_output(args.compare_json) if args.compare_json else None
+        detector = make_detector(args)
+        comparison = Comparison(match_iou=args.match_iou)
         for stream in [args.stream] if args.stream else recording.streams:
             recorded: dict[float, Any] = {}
             sinks: list[Any] = []
-            if out_file or not args.compare:
+            if out_file or not compare:
                 sinks.append(JsonLinesSink(out_file or sys.stdout))
-            if args.compare:
+            if compare:
                 sinks.append(CompareSink(comparison, recorded))
 
             def frames(stream: str = stream, recorded: dict[float, Any] = recorded) -> Iterator[Frame]:
                 for frame, message in tqdm(recording.frames(stream), desc=f"replay {stream}", unit="frame",
-                                           disable=None, leave=False):
+                                           total=recording.image_counts.get(stream), disable=None, leave=False):
                     recorded[frame.ts_capture] = message
                     yield frame
             Pipeline(detector, stream, sinks, "replay").run(frames())
+        if compare:
+            print(comparison.table())
+            if json_file:
+                json_file.write(json.dumps(comparison.to_json(), indent=2) + "\n")
     finally:
         recording.close()
-        if out_file:
-            out_file.close()
-    if args.compare:
-        print(comparison.table())
-        if args.compare_json:
-            args.compare_json.write_text(json.dumps(comparison.to_json(), indent=2) + "\n")
+        for file in (out_file, json_file):
+            if file:
+                file.close()
     return 0
+
+
+def _open_output(path: Path):  # -> TextIO
+    try:
+        return path.open("w")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _load(path_arg: Path | None):  # -> (Config, Path | None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ from typing import Any, BinaryIO
 import cv2
 import numpy as np
 from mcap.exceptions import McapError
-from mcap.reader import SeekingReader, make_reader
+from mcap.reader import SeekingReader
 from mcap_protobuf.decoder import DecoderFactory
 
+from edged import foxglove_messages
 from edged.detections import DetectionResult
 from edged.errors import InputError
 from edged.evaluation import iou_matrix, mean_average_precision
@@ -39,6 +41,8 @@ class Recording:
     path: Path
     streams: list[str]
     file: BinaryIO
+    reader: SeekingReader
+    image_counts: dict[str, int] = field(default_factory=dict)  # per stream, from the summary's statistics
 
     @classmethod
     def open(cls, path: Path) -> Recording:
@@ -50,19 +54,22 @@ class Recording:
             if file.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
                 raise InputError(f"{path}: not an MCAP file (no MCAP magic at its start)")
             file.seek(0)
+            reader = SeekingReader(file)
             try:
-                summary = SeekingReader(file).get_summary()
-            except (McapError, ValueError, EOFError, IndexError) as exc:  # mcap's kinds of "cut short"
-                raise InputError(f"{path}: truncated or corrupt MCAP ({exc}); a recording cut by a power loss is "
-                                 "readable up to its torn end by MCAP's streaming readers, and `mcap recover` "
-                                 "rewrites it whole") from None
+                summary = reader.get_summary()
+            except (McapError, OSError, ValueError, EOFError, IndexError, struct.error) as exc:  # "cut short"
+                raise InputError(f"{path}: truncated or corrupt MCAP ({_describe(exc)}); a recording cut by a "
+                                 "power loss is readable up to its torn end by MCAP's streaming readers (their "
+                                 "complete chunks), and `mcap recover` rewrites it whole") from None
             if summary is None:
                 raise InputError(f"{path}: an MCAP without a summary (truncated?): `mcap recover` rewrites it")
-            streams = sorted(channel.topic.removeprefix("/").removesuffix("/image")
-                             for channel in summary.channels.values()
-                             if channel.topic.endswith("/image")
-                             and summary.schemas.get(channel.schema_id) is not None
-                             and summary.schemas[channel.schema_id].name == IMAGE_SCHEMA)
+            images = {channel.topic.removeprefix("/").removesuffix("/image"): channel.id
+                      for channel in summary.channels.values()
+                      if channel.topic.endswith("/image")
+                      and summary.schemas.get(channel.schema_id) is not None
+                      and summary.schemas[channel.schema_id].name == IMAGE_SCHEMA}
+            streams = sorted(images)
+            counts = summary.statistics.channel_message_counts if summary.statistics else {}
             if not streams:
                 topics = ", ".join(sorted(c.topic for c in summary.channels.values())) or "none"
                 raise InputError(f"{path}: no image channels (/<stream>/image, {IMAGE_SCHEMA}); found topics: "
@@ -70,25 +77,29 @@ class Recording:
         except BaseException:
             file.close()
             raise
-        return cls(path, streams, file)
+        return cls(path, streams, file, reader,
+                   {stream: counts[channel] for stream, channel in images.items() if channel in counts})
 
     def frames(self, stream: str) -> Iterator[tuple[Frame, dict[str, Any] | None]]:
         """The stream's recorded frames, each with its recorded detections message (None if none was recorded)."""
-        image_topic, detections_topic = f"/{stream}/image", f"/{stream}/detections"
-        self.file.seek(0)
-        reader = make_reader(self.file)
+        image_topic, detections_topic = foxglove_messages.image_topic(stream), foxglove_messages.detections_topic(
+            stream)
         protobuf = DecoderFactory()
         decode_image = None
         pending: tuple[int, Any] | None = None  # an image waiting for its detections (same log time)
         detections: tuple[int, dict[str, Any]] | None = None
         count = 0
-        for schema, channel, message in reader.iter_messages(topics=[image_topic, detections_topic]):
+        for schema, channel, message in self._messages([image_topic, detections_topic]):
             if channel.topic == detections_topic:
                 try:
-                    detections = (message.log_time, json.loads(message.data))
+                    recorded = json.loads(message.data)
                 except ValueError:
-                    log.warning("%s: %s at %d is not JSON: left out", self.path, detections_topic, message.log_time)
+                    recorded = None
+                if not (isinstance(recorded, dict) and isinstance(recorded.get("detections"), list)):
+                    log.warning("%s: %s at %d is not a detections message: left out", self.path, detections_topic,
+                                message.log_time)
                     continue
+                detections = (message.log_time, recorded)
             else:
                 if decode_image is None:
                     decode_image = protobuf.decoder_for(channel.message_encoding, schema)
@@ -96,7 +107,12 @@ class Recording:
                 if pending is not None and (frame := self._frame(stream, *pending, None, count)) is not None:
                     count += 1
                     yield frame, None
-                pending = (message.log_time, decode_image(message.data))
+                pending = None
+                try:
+                    pending = (message.log_time, decode_image(message.data))
+                except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and the like: this frame only
+                    log.warning("%s: %s at %d: not a CompressedImage (%s): skipped", self.path, image_topic,
+                                message.log_time, _describe(exc))
             if pending is not None and detections is not None and detections[0] == pending[0]:
                 if (frame := self._frame(stream, *pending, detections[1], count)) is not None:
                     count += 1
@@ -105,19 +121,40 @@ class Recording:
         if pending is not None and (frame := self._frame(stream, *pending, None, count)) is not None:
             yield frame, None
 
+    def _messages(self, topics: list[str]) -> Iterator[tuple[Any, Any, Any]]:
+        """The reader's messages on these topics in log-time order; a chunk that does not read is an InputError."""
+        messages = self.reader.iter_messages(topics=topics)
+        while True:
+            try:
+                item = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - McapError, lz4's and zstd's errors, struct.error...
+                raise InputError(f"{self.path}: corrupt MCAP, a chunk does not read ({_describe(exc)}); the frames "
+                                 "before it were replayed") from None
+            yield item
+
     def _frame(self, stream: str, log_time: int, image: Any, recorded: dict[str, Any] | None,
                count: int) -> Frame | None:
-        pixels = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
+        try:
+            pixels = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR) if image.data else None
+        except cv2.error:
+            pixels = None
         if pixels is None:
             log.warning("%s: /%s/image at %d: not a decodable %s image: skipped", self.path, stream, log_time,
                         image.format or "?")
             return None
-        ts_capture = recorded["ts_capture"] if recorded else log_time / 1e9
-        frame_id = recorded["frame_id"] if recorded else count
+        recorded = recorded or {}
+        ts_capture = recorded.get("ts_capture", log_time / 1e9)
+        frame_id = recorded.get("frame_id", count)
         return Frame(frame_id=frame_id, image=pixels, ts_capture=ts_capture)
 
     def close(self) -> None:
         self.file.close()
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @dataclass
