@@ -319,3 +319,38 @@ def test_a_reload_turns_the_live_view_on(broker: Broker, clip: Path, tmp_path: P
     images = client.of(f"/{STREAM}/image")
     stamps = [t2 - t1 for (t1, _), (t2, _) in zip(images, images[1:])]
     assert min(stamps) >= 0.2e9 - 5e6  # foxglove.max_fps 5 of a 10 fps stream: every other frame
+
+
+def test_no_client_and_no_recording_encode_nothing(tmp_path: Path) -> None:
+    from edged.config import FoxgloveSettings
+    from edged.live_view import LiveView
+    from edged.sources import Frame
+
+    port = free_port()
+    view = LiveView(FoxgloveSettings.model_validate({"server": {"enabled": True, "port": port}, "max_fps": 5}),
+                    "dev")
+    assert view.start() == []
+    sink = view.sink(STREAM)
+    image = np.zeros((48, 64, 3), np.uint8)
+
+    def feed(frames: int, start: float) -> None:
+        for index in range(frames):  # 30 fps for a second
+            ts = start + index / 30
+            sink.write({"ts_capture": ts, "detections": []}, Frame(index, image, ts), None)  # type: ignore[arg-type]
+            time.sleep(1 / 30)
+
+    try:
+        feed(30, 1000.0)
+        assert view.encoded == 0
+        with FoxgloveClient(f"ws://127.0.0.1:{port}", [f"/{STREAM}/image"]) as client:
+            deadline = time.monotonic() + 10
+            while not client.advertised and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # the subscription reaches the server
+            feed(30, 1001.0)
+            time.sleep(0.5)
+        assert client.error is None, client.error
+    finally:
+        view.stop()
+    assert 4 <= view.encoded <= 6  # max_fps 5 over a second of 30 fps
+    assert len(client.of(f"/{STREAM}/image")) == view.encoded
