@@ -1,8 +1,8 @@
 """MCAP recording of the live view's channels (``foxglove.mcap``, ``edged run --record DIR``).
 
 One file at a time, ``<device>_<UTC start>_<n>.mcap`` in the folder; past ``max_file_mb`` the next file starts,
-and past ``max_total_mb`` the oldest ``.mcap`` files of the folder are deleted, so an edge device's disk never
-fills. The writer (foxglove-sdk's) keeps the chunk it is filling in memory and writes whole chunks; ``tick``
+and as it does the oldest ``.mcap`` files of the folder are deleted until the folder, with room for the new file
+to reach ``max_file_mb``, is within ``max_total_mb``: an edge device's disk never fills. The writer (foxglove-sdk's) keeps the chunk it is filling in memory and writes whole chunks; ``tick``
 ends the chunk and fsyncs the file every ``FLUSH_S``, so after a power cut a file holds every message up to
 its last flush: MCAP's streaming readers read it whole but for that last chunk (the summary at the end, which
 seeking readers want, is missing: ``mcap recover`` rewrites it).
@@ -128,11 +128,13 @@ class Recorder:
             self._writer.flush()
 
     def _prune(self) -> None:
-        """Delete the oldest recordings until the folder's total is within max_total_mb (the open file stays)."""
+        """Delete the oldest recordings until the folder, with room for the file just opened to grow to
+        max_file_mb, is within max_total_mb (the open file stays)."""
         files = recordings(self.directory)
         total = sum(p.stat().st_size for p in files)
+        budget = self.max_total - self.max_file
         for old in files:
-            if total <= self.max_total:
+            if total <= budget:
                 break
             if old == self.path:
                 continue
