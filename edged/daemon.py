@@ -11,7 +11,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from edged.config import Config, ConfigError, StreamSettings, load_config
 from edged.dashboards import HomeAssistant, SnapshotEncoder, StreamObjects
@@ -19,7 +19,6 @@ from edged.demo import demo_clip_path, demo_model_path
 from edged.heap import limit_arenas, release_freed_memory
 from edged.health import RollingWindow, rounded
 from edged.inference.detector import Detector
-from edged.live_view import LiveView
 from edged.bench import Variant
 from edged.ladder import Ladder, LadderSpec, load_ladder
 from edged.errors import EdgedError
@@ -34,6 +33,9 @@ from edged.signals import SignalLatch
 from edged.stream_runner import StreamRunner
 from edged.systemd import Notifier
 from edged.tracking import Tracker, detection_floor
+
+if TYPE_CHECKING:
+    from edged.live_view import LiveView
 
 log = logging.getLogger("edged.daemon")
 
@@ -102,7 +104,7 @@ class Daemon:
         self.snapshots = SnapshotEncoder(lambda: self.mqtt)
         self.home_assistant = HomeAssistant(lambda: self.mqtt)
         self.record_dir = record_dir
-        self.live_view: LiveView | None = None  # with the live view or a recording on
+        self.live_view: LiveView | None = None  # with the live view or a recording on (edged.live_view)
         self._ready = False
         self._stalled: list[str] = []  # the streams holding the watchdog back at the last check
         self._states: list[str] = []
@@ -159,11 +161,13 @@ class Daemon:
     def _start_live_view(self) -> None:
         """The live view and recording the config (or --record) asks for; what cannot start is an error event,
         and the daemon serves MQTT without it."""
-        view = LiveView(self.config.foxglove, self.device_id, self.record_dir)
-        if not view.enabled:
+        settings = self.config.foxglove
+        if not (settings.server.enabled or settings.mcap.enabled or self.record_dir):
             self.live_view = None
             return
-        self.live_view = view
+        from edged.live_view import LiveView  # foxglove-sdk is imported only where it is used
+
+        self.live_view = view = LiveView(settings, self.device_id, self.record_dir)
         for problem in view.start():
             self._event("error", f"Live view: {problem}.", errors=[problem])
 

@@ -54,10 +54,6 @@ class LiveView:
         self.skipped = 0  # frames replaced by a newer one before the encoder took them
 
     @property
-    def enabled(self) -> bool:
-        return self.settings.server.enabled or self.recording_dir is not None
-
-    @property
     def recording_dir(self) -> Path | None:
         return self.record_dir or (self.settings.mcap.dir if self.settings.mcap.enabled else None)
 

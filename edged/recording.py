@@ -15,13 +15,13 @@ import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import BinaryIO
-
-import foxglove
-from foxglove import Context
-from foxglove.mcap import MCAPCompression, MCAPWriteOptions, MCAPWriter
+from typing import TYPE_CHECKING, BinaryIO
 
 from edged.errors import EdgedError
+
+if TYPE_CHECKING:  # foxglove-sdk is imported where a recording starts: edged run checks folder_problem without it
+    from foxglove import Context
+    from foxglove.mcap import MCAPWriter
 
 log = logging.getLogger("edged.recording")
 
@@ -104,6 +104,9 @@ class Recorder:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         self.path = self.directory / f"{self.device_id}_{stamp}_{self.files:04d}.mcap"
         self._file = _SyncedFile(self.path)
+        import foxglove
+        from foxglove.mcap import MCAPCompression, MCAPWriteOptions
+
         options = MCAPWriteOptions(compression=MCAPCompression.Lz4, profile="",
                                    chunk_size=min(MAX_CHUNK_BYTES, max(self.max_file // 8, 4096)))
         self._writer = foxglove.open_mcap(self._file, context=self.context, writer_options=options)
