@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from edged import __version__
 from edged.demo import demo_model_path
@@ -51,26 +52,22 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", default=None, metavar="LABEL", help="only report these labels")
 
 
-def _seconds(text: str) -> float:
-    problem = argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds above 0")
-    try:
-        value = float(text)
-    except ValueError:
-        raise problem from None
-    if not value > 0:  # NaN too
-        raise problem
-    return value
+def _above_zero(what: str, at_most: float = math.inf) -> Callable[[str], float]:
+    """An argparse type: a number above 0 and at most ``at_most``; ``what`` says so in the error."""
+    def parse(text: str) -> float:
+        problem = argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise problem from None
+        if not 0 < value <= at_most:  # NaN too
+            raise problem
+        return value
+    return parse
 
 
-def _fraction(text: str) -> float:
-    problem = argparse.ArgumentTypeError(f"{text!r}: expected a number above 0, at most 1")
-    try:
-        value = float(text)
-    except ValueError:
-        raise problem from None
-    if not 0 < value <= 1:  # NaN too
-        raise problem
-    return value
+_seconds = _above_zero("a number of seconds above 0")
+_fraction = _above_zero("a number above 0, at most 1", at_most=1.0)
 
 
 def _topic_level(text: str) -> str:

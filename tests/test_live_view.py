@@ -96,6 +96,14 @@ class FoxgloveClient:
     def of(self, topic: str) -> list[tuple[int, Any]]:
         return [(log_time, message) for name, log_time, message in self.received if name == topic]
 
+    def wait_for(self, topic: str, count: int, timeout: float = 30) -> None:
+        """Until ``count`` messages of ``topic`` arrived (the test fails after ``timeout``, or on an error)."""
+        deadline = time.monotonic() + timeout
+        while len(self.of(topic)) < count and self.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.error is None, self.error
+        assert len(self.of(topic)) >= count, f"{len(self.of(topic))} of {count} messages on {topic} in {timeout} s"
+
 
 def read_recording(path: Path) -> dict[str, list[tuple[int, str, Any]]]:
     """Topic -> [(log time, schema name, decoded message)] of a whole MCAP file."""
@@ -146,9 +154,7 @@ def test_recorded_by_the_daemon_with_a_client_connected(broker: Broker, clip: Pa
         try:
             sub.wait_for(lambda: detections(sub, STREAM), timeout=60, what="the first detections")
             with FoxgloveClient(f"ws://127.0.0.1:{port}", topics) as client:
-                sub.wait_for(lambda: len(client.of(f"/{STREAM}/annotations")) >= 20 or client.error, timeout=30,
-                             what="annotations over WebSocket")
-            assert client.error is None, client.error
+                client.wait_for(f"/{STREAM}/annotations", 20)
             assert daemon.stop(10) == 0
         finally:
             daemon.kill()
@@ -309,9 +315,7 @@ def test_a_reload_turns_the_live_view_on(broker: Broker, clip: Path, tmp_path: P
             daemon.send(signal.SIGHUP)
             sub.wait_for(lambda: events(sub, "config_applied"), timeout=30, what="config_applied")
             with FoxgloveClient(f"ws://127.0.0.1:{port}", [f"/{STREAM}/image"]) as client:
-                sub.wait_for(lambda: len(client.of(f"/{STREAM}/image")) >= 3 or client.error, timeout=30,
-                             what="images over WebSocket")
-            assert client.error is None, client.error
+                client.wait_for(f"/{STREAM}/image", 3)
             assert daemon.stop(10) == 0
         finally:
             daemon.kill()
