@@ -436,17 +436,14 @@ class Daemon:
     def _commit(self, plan: Plan, new: Config, detector: Detector, restart_resources: bool) -> None:
         """Make ``new`` the running config: what ``plan`` says, with ``detector`` serving."""
         self.config = new
-        restarted = list(plan.streams_restarted)
-        if "foxglove" in plan.in_place:  # a new live view: every stream restarts with its sink there
-            restarted = [name for name in self.runners if name not in plan.streams_removed]
-        self._stop_streams(list(plan.streams_removed) + restarted)
-        if "foxglove" in plan.in_place:
+        self._stop_streams(list(plan.streams_removed + plan.streams_restarted))
+        if "foxglove" in plan.in_place:  # Plan restarts every stream then: they start with sinks on the new one
             self._stop_live_view()
             self._start_live_view()
         if detector is not self.detector:
             self._use_detector(detector)
         streams = {s.name: s for s in new.streams}
-        for name in restarted + [name for name in plan.streams_added if name not in restarted]:
+        for name in plan.streams_restarted + plan.streams_added:
             self._start_stream(streams[name])
         if restart_resources:
             self._start_resources()

@@ -6,9 +6,11 @@ says which parts of the running daemon must change for it, and the daemon applie
 - the ONNX Runtime session is rebuilt only when the model or the inference settings change;
 - thresholds (``model.confidence``, ``iou``, ``classes``) are set on the running detector;
 - a stream is restarted only when its own settings change (a new ``max_fps`` alone is set on the
-  running reader), or the tracking settings (each stream's tracker starts again); streams added or removed are started or stopped; the others carry on untouched,
+  running reader), or the tracking settings (each stream's tracker starts again) or the live view's (each stream's
+  sink moves to the new one); streams added or removed are started or stopped; the others carry on untouched,
   with their reader, their place in the file, ``seq`` and ``frame_id``;
 - the MQTT connection is rebuilt only when ``mqtt`` or ``device_id`` change;
+- the live view and recording (``foxglove``) start again with the new settings;
 - everything else (health, resources, remote_config) is read where it is used, in place.
 
 A pure function of two configs: tested without threads.
@@ -41,12 +43,13 @@ class Plan:
         new_model = new.model.model_dump(exclude=set(THRESHOLD_KEYS))
         old_streams = {s.name: s for s in old.streams}
         new_streams = {s.name: s for s in new.streams}
-        # A change of tracking settings starts every stream's tracker again: the streams restart.
-        retrack = old.tracking != new.tracking
+        # A change of tracking settings starts every stream's tracker again, and a change of the live view
+        # (foxglove) gives every stream a sink on the new one: the streams restart.
+        restart_all = old.tracking != new.tracking or old.foxglove != new.foxglove
         common = [name for name in new_streams
-                  if name in old_streams and (retrack or new_streams[name] != old_streams[name])]
+                  if name in old_streams and (restart_all or new_streams[name] != old_streams[name])]
         retuned = tuple(name for name in common
-                        if not retrack and old_streams[name].model_dump(exclude=set(LIVE_STREAM_KEYS))
+                        if not restart_all and old_streams[name].model_dump(exclude=set(LIVE_STREAM_KEYS))
                         == new_streams[name].model_dump(exclude=set(LIVE_STREAM_KEYS)))
         handled = {"model", "inference", "streams", "mqtt", "device_id", "tracking"}
         return cls(

@@ -48,3 +48,10 @@ def test_mqtt_and_device_id_reconnect_other_sections_apply_in_place() -> None:
     assert Plan.between(config(), config(device_id="e")).reconnect_mqtt
     plan = Plan.between(config(), config(health={"interval_s": 2}, resources={"interval_s": 2}))
     assert plan.in_place == ("resources", "health") and not plan.reconnect_mqtt and not plan.rebuild_session
+
+
+def test_tracking_or_live_view_changes_restart_every_stream() -> None:
+    for changed in (config(tracking={"min_hits": 2}), config(foxglove={"server": {"enabled": True}})):
+        plan = Plan.between(config(), changed)
+        assert plan.streams_restarted == ("a", "b") and plan.streams_retuned == ()
+    assert Plan.between(config(), config(foxglove={"max_fps": 2})).in_place == ("foxglove",)
