@@ -560,12 +560,9 @@ def main(argv: Sequence[str] | None = None, signals: SignalLatch | None = None) 
         for line in exc.errors:
             print(f"edged: config error: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    except InputError as exc:
-        print(f"edged: error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
     except EdgedError as exc:
         print(f"edged: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_CONFIG if isinstance(exc, InputError) else EXIT_ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `edged detect ... | head`

@@ -51,7 +51,6 @@ class LiveView:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="live-view", daemon=True)
         self.encoded = 0  # frames encoded, all streams
-        self.skipped = 0  # frames replaced by a newer one before the encoder took them
 
     @property
     def recording_dir(self) -> Path | None:
@@ -101,9 +100,7 @@ class LiveView:
 
     def submit(self, stream: str, channels: StreamChannels, frame: Frame, detections: list[dict[str, Any]]) -> None:
         with self._wake:
-            if stream in self._pending:
-                self.skipped += 1
-            self._pending[stream] = (channels, frame, detections)
+            self._pending[stream] = (channels, frame, detections)  # a frame not yet encoded is replaced
             self._wake.notify()
 
     def _run(self) -> None:
